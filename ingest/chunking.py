@@ -1,0 +1,165 @@
+"""Structure-aware chunking: sections by heading, then paragraphs, bounded by the embedder's
+token limit with overlap. Every chunk keeps its section path and character offsets."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+CountTokens = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    text: str
+    section: str
+    start: int
+    end: int
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Section:
+    path: str
+    start: int
+    end: int
+
+
+def markdown_sections(text: str) -> list[Section]:
+    """Spans of text under each heading, named by the heading path (`Leave › Sick leave`)."""
+    sections: list[Section] = []
+    stack: list[tuple[int, str]] = []
+    current_path, current_start = "", 0
+    offset = 0
+    in_fence = False
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        match = None if in_fence else _HEADING.match(line.rstrip("\n"))
+        if match:
+            if offset > current_start:
+                sections.append(Section(current_path, current_start, offset))
+            level = len(match.group(1))
+            stack = [(lvl, title) for lvl, title in stack if lvl < level] + [
+                (level, match.group(2))
+            ]
+            current_path = " › ".join(title for _, title in stack)
+            current_start = offset
+        offset += len(line)
+    if offset > current_start:
+        sections.append(Section(current_path, current_start, offset))
+    return sections
+
+
+def _paragraphs(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    cursor = start
+    for match in _PARAGRAPH_BREAK.finditer(text, start, end):
+        yield cursor, match.start()
+        cursor = match.end()
+    yield cursor, end
+
+
+def _split_long(
+    text: str, start: int, end: int, limit: int, count: CountTokens
+) -> Iterator[tuple[int, int]]:
+    """A paragraph over the limit: sentences packed to the limit; a sentence still over it is
+    cut on word boundaries."""
+    spans: list[tuple[int, int]] = []
+    cursor = start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        spans.append((cursor, match.start()))
+        cursor = match.end()
+    spans.append((cursor, end))
+    piece_start, piece_end = spans[0]
+    for s, e in spans[1:]:
+        if count(text[piece_start:e]) <= limit:
+            piece_end = e
+        else:
+            yield from _cut_words(text, piece_start, piece_end, limit, count)
+            piece_start, piece_end = s, e
+    yield from _cut_words(text, piece_start, piece_end, limit, count)
+
+
+def _cut_words(
+    text: str, start: int, end: int, limit: int, count: CountTokens
+) -> Iterator[tuple[int, int]]:
+    if count(text[start:end]) <= limit:
+        yield start, end
+        return
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text[start:end])]
+    piece_start = 0
+    for i in range(1, len(words) + 1):
+        if (
+            i == len(words)
+            or count(text[start + words[piece_start][0] : start + words[i][1]]) > limit
+        ):
+            yield start + words[piece_start][0], start + words[i - 1][1]
+            piece_start = i
+            if i == len(words):
+                return
+
+
+def chunk_text(
+    text: str,
+    count_tokens: CountTokens,
+    max_tokens: int,
+    overlap_tokens: int,
+    markdown: bool,
+) -> list[TextPiece]:
+    sections = markdown_sections(text) if markdown else [Section("", 0, len(text))]
+    pieces: list[TextPiece] = []
+    for section in sections:
+        units: list[tuple[int, int]] = []
+        for s, e in _paragraphs(text, section.start, section.end):
+            if not text[s:e].strip():
+                continue
+            if count_tokens(text[s:e]) > max_tokens:
+                units.extend(_split_long(text, s, e, max_tokens, count_tokens))
+            else:
+                units.append((s, e))
+        pieces += _pack(text, units, section.path, count_tokens, max_tokens, overlap_tokens)
+    return pieces
+
+
+def _pack(
+    text: str,
+    units: list[tuple[int, int]],
+    section: str,
+    count: CountTokens,
+    max_tokens: int,
+    overlap_tokens: int,
+) -> list[TextPiece]:
+    """Greedy packing of paragraphs into chunks; a new chunk starts with the previous chunk's
+    last paragraph when that fits in the overlap budget, so a fact split across the boundary
+    is still whole in one chunk."""
+    pieces: list[TextPiece] = []
+    current: list[tuple[int, int]] = []
+    for unit in units:
+        candidate = [*current, unit]
+        if current and count(text[candidate[0][0] : unit[1]]) > max_tokens:
+            pieces.append(_piece(text, current, section))
+            carry = current[-1]
+            current = (
+                [carry, unit] if count(text[carry[0] : carry[1]]) <= overlap_tokens else [unit]
+            )
+            if count(text[current[0][0] : unit[1]]) > max_tokens:
+                current = [unit]
+        else:
+            current = candidate
+    if current:
+        pieces.append(_piece(text, current, section))
+    return pieces
+
+
+def _piece(text: str, units: list[tuple[int, int]], section: str) -> TextPiece:
+    start, end = units[0][0], units[-1][1]
+    return TextPiece(text[start:end].strip(), section, start, end)

@@ -1,0 +1,1 @@
+"""Retrieval, reranking, routing and generation, wired from one settings object."""

@@ -1,0 +1,199 @@
+"""The composition root: the only place that builds models, clients and stores from settings.
+
+Heavy parts (the embedder, Presidio, vLLM engines) are built once per process and shared by
+every pipeline built here, so a chat server and a test suite load each model once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+from pathlib import Path
+
+from guardrails.audit import AuditLog
+from guardrails.injection import InjectionRules
+from guardrails.llama_guard import LlamaGuard
+from guardrails.pii import PresidioPII
+from rag.embedder import SentenceEmbedder
+from rag.generator import Generator, ModelUnavailable, OpenAIServer, VLLMInProcess
+from rag.models import missing_message, require_model, resolve_model, resolve_spacy_package
+from rag.pipeline import Pipeline, Stages
+from rag.reranker import CrossEncoderReranker
+from rag.router import RuleRouter
+from rag.settings import ModelEndpoint, Settings
+from rag.store import CollectionInfo, EdgeStore, ServerStore, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def configure_runtime(settings: Settings) -> None:
+    """Process-wide knobs that libraries only take from the environment."""
+    # vLLM's CPU backend sizes its KV cache from this variable alone (GiB).
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.generation.kv_cache_gib))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # Nothing may reach a model hub at run time: models are provisioned by `models pull`.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@functools.cache
+def _embedder(
+    name: str, path: Path, instruction: str, batch: int, max_len: int
+) -> SentenceEmbedder:
+    return SentenceEmbedder(name, path, instruction, batch, max_len)
+
+
+def build_embedder(settings: Settings) -> SentenceEmbedder:
+    configure_runtime(settings)
+    cfg = settings.embedder
+    path = require_model(cfg.model, settings.models_dir, "embedder")
+    return _embedder(cfg.model, path, cfg.query_instruction, cfg.batch_size, cfg.max_seq_length)
+
+
+@functools.cache
+def _pii(
+    package: str, entities: tuple[str, ...], threshold: float, patterns: tuple[tuple[str, str], ...]
+) -> PresidioPII:
+    return PresidioPII(package, entities, threshold, dict(patterns))
+
+
+def build_pii(settings: Settings) -> PresidioPII:
+    cfg = settings.guards.pii
+    # An absent spaCy package still builds a guard: it reports `unavailable` and policy decides.
+    package = resolve_spacy_package(cfg.spacy_model) or cfg.spacy_model
+    return _pii(
+        package, cfg.entities, cfg.score_threshold, tuple(sorted(cfg.custom_patterns.items()))
+    )
+
+
+def build_injection(settings: Settings) -> InjectionRules:
+    return InjectionRules(threshold=settings.guards.injection.threshold)
+
+
+# One Edge shard may be open once per process (it locks its write-ahead log), so every
+# pipeline and ingestion run in this process shares the store object for a path.
+_EDGE_STORES: dict[Path, EdgeStore] = {}
+
+
+def build_store(settings: Settings) -> Store:
+    cfg = settings.store
+    if cfg.kind == "edge":
+        path = settings.store_path.resolve()
+        if path not in _EDGE_STORES:
+            _EDGE_STORES[path] = EdgeStore(path)
+        return _EDGE_STORES[path]
+    return ServerStore(cfg.collection, url=cfg.url, api_key=cfg.api_key, timeout_s=cfg.timeout_s)
+
+
+def open_store_for_embedder(settings: Settings, embedder: SentenceEmbedder) -> Store:
+    store = build_store(settings)
+    store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
+    return store
+
+
+_ENGINES: dict[tuple[str, int], VLLMInProcess] = {}
+
+
+def shutdown_engines() -> None:
+    for engine in _ENGINES.values():
+        engine.shutdown()
+    _ENGINES.clear()
+
+
+atexit.register(shutdown_engines)
+
+
+def build_generator(settings: Settings, name: str, endpoint: ModelEndpoint) -> Generator:
+    if endpoint.backend == "openai":
+        return OpenAIServer(
+            name, endpoint.model, endpoint.urls, endpoint.api_key, endpoint.timeout_s
+        )
+    path = require_model(endpoint.model, settings.models_dir, f"generator {name!r}")
+    key = (str(path), endpoint.max_model_len)
+    if key not in _ENGINES:
+        _ENGINES[key] = VLLMInProcess(name, path, endpoint.max_model_len)
+    return _ENGINES[key]
+
+
+def build_output_guard(settings: Settings) -> LlamaGuard:
+    cfg = settings.guards.output
+    excluded = cfg.excluded_categories
+    if cfg.backend == "openai":
+        server = OpenAIServer("llama_guard", cfg.model, cfg.urls, None, 30.0)
+        return LlamaGuard(
+            cfg.model, lambda prompt: server.complete(prompt, 20), excluded_categories=excluded
+        )
+    path = resolve_model(cfg.model, settings.models_dir)
+    if path is None:
+        return LlamaGuard(
+            cfg.model,
+            None,
+            missing_reason=missing_message(cfg.model, settings.models_dir, "output guard"),
+            excluded_categories=excluded,
+        )
+    key = (str(path), 2048)
+    if key not in _ENGINES:
+        _ENGINES[key] = VLLMInProcess("llama_guard", path, 2048)
+    engine = _ENGINES[key]
+    # Llama Guard answers in at most two short lines.
+    return LlamaGuard(
+        cfg.model, lambda prompt: engine.complete(prompt, 20), excluded_categories=excluded
+    )
+
+
+def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str]:
+    cfg = settings.reranker
+    if not cfg.enabled:
+        return None, "disabled in settings (reranker.enabled: false)"
+    path = resolve_model(cfg.model, settings.models_dir)
+    if path is None:
+        return None, f"skipped: {missing_message(cfg.model, settings.models_dir, 'reranker')}"
+    return CrossEncoderReranker(cfg.model, path, cfg.min_score), ""
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """Everything a question needs, from one settings object."""
+    configure_runtime(settings)
+    embedder = build_embedder(settings)
+    store = build_store(settings)
+    if store.open_existing() is None:
+        where = settings.store_path if settings.store.kind == "edge" else settings.store.url
+        raise StoreError(f"no documents ingested yet in {where}: run `guardrag ingest PATH` first")
+    store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
+    generators = {
+        name: build_generator(settings, name, endpoint)
+        for name, endpoint in settings.generation.models.items()
+    }
+    reranker, reranker_missing = build_reranker(settings)
+    router = RuleRouter(
+        [(r.task, r.model, r.patterns) for r in settings.router.rules],
+        settings.router.default_task,
+        settings.router.default_model,
+        generators,
+    )
+    stages = Stages(
+        embedder=embedder,
+        store=store,
+        pii=build_pii(settings),
+        injection=build_injection(settings),
+        output_guard=build_output_guard(settings),
+        reranker=reranker,
+        reranker_missing=reranker_missing,
+        router=router,
+        generators=generators,
+        audit=AuditLog(settings.audit_path),
+    )
+    return Pipeline(settings, stages)
+
+
+def start_engines(pipeline: Pipeline) -> None:
+    """Load in-process models now rather than on the first question."""
+    for generator in pipeline.stages.generators.values():
+        if isinstance(generator, VLLMInProcess):
+            try:
+                generator.start()
+            except ModelUnavailable as exc:
+                log.error("%s", exc)

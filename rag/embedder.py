@@ -1,0 +1,52 @@
+"""Sentence-transformers embeddings for chunks and queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class SentenceEmbedder:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        query_instruction: str = "",
+        batch_size: int = 32,
+        max_seq_length: int = 256,
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.query_instruction = query_instruction
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self._model.max_seq_length = max_seq_length
+        dimension = self._model.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"embedder {name} at {path} does not report its dimension")
+        self.dimension: int = int(dimension)
+
+    @property
+    def tokenizer(self):  # type: ignore[no-untyped-def]
+        return self._model.tokenizer
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    def embed_query(self, text: str) -> np.ndarray:
+        # bge-style models want the instruction on queries only, never on passages.
+        return self._model.encode(
+            [self.query_instruction + text],
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )[0]

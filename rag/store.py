@@ -1,0 +1,405 @@
+"""Where chunks live: Qdrant, embedded (Qdrant Edge, the real engine in-process) or a server.
+
+Both stores keep a dense vector and a BM25 sparse vector per chunk, and both remember which
+embedder filled them: mixing vectors from two embedders in one collection is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rag.schema import Chunk, Hit
+
+DENSE = "dense"
+SPARSE = "bm25"
+# Stable namespace so the same chunk of the same file always gets the same point id.
+_POINT_NAMESPACE = uuid.UUID("5f1c3c1e-8f64-4d0e-9d7a-6a2b8f0f4c11")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked; the message says why and what to do."""
+
+
+def point_id(path: str, ordinal: int, content_hash: str) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{path}\x00{ordinal}\x00{content_hash}"))
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    embedder: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the store holds for one file: the file hash(es) its points carry, and how many."""
+
+    file_hashes: frozenset[str]
+    points: int
+    expected_points: int
+
+
+def _payload(chunk: Chunk, chunk_count: int) -> dict[str, Any]:
+    payload = asdict(chunk)
+    payload.pop("id")
+    payload["injection_categories"] = list(chunk.injection_categories)
+    payload["chunk_count"] = chunk_count
+    return payload
+
+
+def _chunk(point_id_value: Any, payload: dict[str, Any]) -> Chunk:
+    return Chunk(
+        id=str(point_id_value),
+        text=payload["text"],
+        path=payload["path"],
+        section=payload.get("section", ""),
+        page=payload.get("page"),
+        start=payload.get("start", 0),
+        end=payload.get("end", 0),
+        content_hash=payload.get("content_hash", ""),
+        file_hash=payload.get("file_hash", ""),
+        injection_score=payload.get("injection_score", 0.0),
+        injection_categories=tuple(payload.get("injection_categories", ())),
+    )
+
+
+class Store(Protocol):
+    def ensure_collection(self, info: CollectionInfo) -> None: ...
+    def open_existing(self) -> CollectionInfo | None: ...
+    def upsert(
+        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+    ) -> None: ...
+    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None: ...
+    def file_states(self) -> dict[str, FileState]: ...
+    def search(self, vector: np.ndarray, limit: int) -> list[Hit]: ...
+    def scroll_chunks(self) -> Iterable[Chunk]: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _check_info(stored: CollectionInfo, wanted: CollectionInfo, where: str) -> None:
+    if stored != wanted:
+        raise StoreError(
+            f"collection at {where} holds vectors from embedder {stored.embedder} "
+            f"({stored.dimension} dims), but this profile embeds with {wanted.embedder} "
+            f"({wanted.dimension} dims). Use another collection (store.collection) or "
+            "re-ingest into an empty one; vectors from two embedders are never mixed."
+        )
+
+
+class _Bm25:
+    """Qdrant's own BM25 tokenizer (from qdrant-edge), so both stores score sparse alike."""
+
+    def __init__(self) -> None:
+        import qdrant_edge as qe
+
+        self._bm25 = qe.Bm25()
+
+    def document(self, text: str) -> tuple[list[int], list[float]]:
+        vector = self._bm25.embed_document(text)
+        return list(vector.indices), list(vector.values)
+
+
+class EdgeStore:
+    """Embedded store: one Qdrant Edge shard under the data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._meta_path = path / "guardrag-collection.json"
+        self._shard: Any = None
+        self._bm25 = _Bm25()
+        # Edge shards are not documented as safe for concurrent writers from Python threads.
+        self._lock = threading.Lock()
+
+    def ensure_collection(self, info: CollectionInfo) -> None:
+        import qdrant_edge as qe
+
+        if self._meta_path.exists():
+            stored = CollectionInfo(**json.loads(self._meta_path.read_text()))
+            _check_info(stored, info, str(self.path))
+            if self._shard is None:
+                self._shard = self._load_shard()
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        config = qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=info.dimension, distance=qe.Distance.Cosine)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        )
+        self._shard = qe.EdgeShard.create(str(self.path / "shard"), config)
+        # Written last: a shard without this file is an interrupted creation, refused below.
+        self._meta_path.write_text(json.dumps(asdict(info)))
+
+    def open_existing(self) -> CollectionInfo | None:
+        """Open the shard if one exists, returning what it was filled with."""
+
+        if not self._meta_path.exists():
+            return None
+        info = CollectionInfo(**json.loads(self._meta_path.read_text()))
+        if self._shard is None:
+            self._shard = self._load_shard()
+        return info
+
+    def _load_shard(self) -> Any:
+        import qdrant_edge as qe
+
+        try:
+            return qe.EdgeShard.load(str(self.path / "shard"))
+        except Exception as exc:
+            if "WouldBlock" in str(exc):
+                raise StoreError(
+                    f"the store at {self.path} is open in another process (a running "
+                    "`guardrag chat`?): an embedded store has one user at a time. Stop that "
+                    "process, or use a Qdrant server (store.kind: server) for shared access"
+                ) from exc
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def _require(self) -> Any:
+        if self._shard is None:
+            raise StoreError(f"no collection at {self.path}: run `guardrag ingest PATH` first")
+        return self._shard
+
+    def upsert(
+        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+    ) -> None:
+        import qdrant_edge as qe
+
+        shard = self._require()
+        points = []
+        for chunk, vector, count in zip(chunks, dense, chunk_counts, strict=True):
+            indices, values = self._bm25.document(chunk.text)
+            vectors = {DENSE: vector.tolist(), SPARSE: qe.SparseVector(indices, values)}
+            points.append(qe.Point(chunk.id, vectors, _payload(chunk, count)))
+        with self._lock:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.flush()
+
+    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None:
+        import qdrant_edge as qe
+
+        shard = self._require()
+        must_not: list[Any] = []
+        if keep_file_hash is not None:
+            must_not.append(qe.FieldCondition("file_hash", match=qe.MatchValue(keep_file_hash)))
+        selector = qe.Filter(
+            must=[qe.FieldCondition("path", match=qe.MatchValue(path))], must_not=must_not or None
+        )
+        with self._lock:
+            shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
+            shard.flush()
+
+    def _scroll(self) -> Iterable[tuple[Any, dict[str, Any]]]:
+        import qdrant_edge as qe
+
+        shard = self._require()
+        offset = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=512, with_payload=True, with_vector=False)
+            )
+            for record in records:
+                yield record.id, record.payload
+            if offset is None:
+                return
+
+    def file_states(self) -> dict[str, FileState]:
+        return _file_states(self._scroll()) if self._shard is not None else {}
+
+    def scroll_chunks(self) -> Iterable[Chunk]:
+        for pid, payload in self._scroll():
+            yield _chunk(pid, payload)
+
+    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+        import qdrant_edge as qe
+
+        shard = self._require()
+        request = qe.QueryRequest(
+            limit=limit, query=qe.Query.Nearest(vector.tolist(), using=DENSE), with_payload=True
+        )
+        return [Hit(_chunk(p.id, p.payload), float(p.score)) for p in shard.query(request)]
+
+    def count(self) -> int:
+        import qdrant_edge as qe
+
+        if self._shard is None:
+            return 0
+        return int(self._shard.count(qe.CountRequest()))
+
+    def close(self) -> None:
+        if self._shard is not None:
+            with self._lock:
+                self._shard.flush()
+                self._shard.close()
+            self._shard = None
+
+
+class ServerStore:
+    """A Qdrant server or cluster through qdrant-client (`url=`; `path=` runs the same API
+    embedded, which the tests use in place of a server that cannot be installed here)."""
+
+    def __init__(
+        self,
+        collection: str,
+        url: str | None = None,
+        api_key: str | None = None,
+        path: Path | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        from qdrant_client import QdrantClient
+
+        self.collection = collection
+        self.where = url or str(path)
+        if url is not None:
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+        elif path is not None:
+            self._client = QdrantClient(path=str(path))
+        else:
+            raise StoreError("a server store needs store.url (or a path for embedded mode)")
+        self._bm25 = _Bm25()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConnectionError, OSError) as exc:
+            raise StoreError(
+                f"Qdrant at {self.where} is unreachable while trying to {what} ({exc}); "
+                "start the server or fix store.url in the profile"
+            ) from exc
+
+    def ensure_collection(self, info: CollectionInfo) -> None:
+        from qdrant_client import models
+
+        if self._call("check the collection", self._client.collection_exists, self.collection):
+            stored = self._info()
+            if stored is not None:
+                _check_info(stored, info, f"{self.where}/{self.collection}")
+            return
+        self._call(
+            "create the collection",
+            self._client.create_collection,
+            self.collection,
+            vectors_config={
+                DENSE: models.VectorParams(size=info.dimension, distance=models.Distance.COSINE)
+            },
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata=asdict(info),
+        )
+        for field in ("path", "file_hash"):
+            self._client.create_payload_index(
+                self.collection, field, models.PayloadSchemaType.KEYWORD
+            )
+
+    def _info(self) -> CollectionInfo | None:
+        described = self._client.get_collection(self.collection)
+        meta = getattr(described.config, "metadata", None) or {}
+        if "embedder" not in meta:
+            return None
+        return CollectionInfo(embedder=meta["embedder"], dimension=int(meta["dimension"]))
+
+    def open_existing(self) -> CollectionInfo | None:
+        if not self._call("check the collection", self._client.collection_exists, self.collection):
+            return None
+        return self._info()
+
+    def upsert(
+        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+    ) -> None:
+        from qdrant_client import models
+
+        points = []
+        for chunk, vector, count in zip(chunks, dense, chunk_counts, strict=True):
+            indices, values = self._bm25.document(chunk.text)
+            points.append(
+                models.PointStruct(
+                    id=chunk.id,
+                    vector={
+                        DENSE: vector.tolist(),
+                        SPARSE: models.SparseVector(indices=indices, values=values),
+                    },
+                    payload=_payload(chunk, count),
+                )
+            )
+        self._call("upsert", self._client.upsert, self.collection, points=points, wait=True)
+
+    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None:
+        from qdrant_client import models
+
+        must_not: list[Any] | None = (
+            [models.FieldCondition(key="file_hash", match=models.MatchValue(value=keep_file_hash))]
+            if keep_file_hash is not None
+            else None
+        )
+        selector = models.Filter(
+            must=[models.FieldCondition(key="path", match=models.MatchValue(value=path))],
+            must_not=must_not,
+        )
+        self._call(
+            "delete", self._client.delete, self.collection, points_selector=selector, wait=True
+        )
+
+    def _scroll(self) -> Iterable[tuple[Any, dict[str, Any]]]:
+        if not self._client.collection_exists(self.collection):
+            return
+        offset = None
+        while True:
+            records, offset = self._call(
+                "scroll",
+                self._client.scroll,
+                self.collection,
+                limit=512,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            for record in records:
+                yield record.id, record.payload or {}
+            if offset is None:
+                return
+
+    def file_states(self) -> dict[str, FileState]:
+        return _file_states(self._scroll())
+
+    def scroll_chunks(self) -> Iterable[Chunk]:
+        for pid, payload in self._scroll():
+            yield _chunk(pid, payload)
+
+    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+        response = self._call(
+            "search",
+            self._client.query_points,
+            self.collection,
+            query=vector.tolist(),
+            using=DENSE,
+            limit=limit,
+            with_payload=True,
+        )
+        return [Hit(_chunk(p.id, p.payload or {}), float(p.score)) for p in response.points]
+
+    def count(self) -> int:
+        if not self._client.collection_exists(self.collection):
+            return 0
+        return int(self._client.count(self.collection, exact=True).count)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _file_states(records: Iterable[tuple[Any, dict[str, Any]]]) -> dict[str, FileState]:
+    hashes: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    for _, payload in records:
+        path = payload["path"]
+        hashes.setdefault(path, set()).add(payload.get("file_hash", ""))
+        counts[path] = counts.get(path, 0) + 1
+        expected[path] = int(payload.get("chunk_count", 0))
+    return {
+        path: FileState(frozenset(hashes[path]), counts[path], expected[path]) for path in hashes
+    }

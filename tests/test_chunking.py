@@ -1,0 +1,70 @@
+import itertools
+
+from ingest.chunking import chunk_text, markdown_sections
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+DOC = """# Handbook
+
+Intro paragraph.
+
+## Leave
+
+Annual leave is 27 days.
+
+### Sick leave
+
+A doctor's note is needed after 3 days.
+
+```
+# not a heading inside a fence
+```
+
+## Travel
+
+Trains are preferred under 4 hours.
+"""
+
+
+def test_sections_carry_the_heading_path() -> None:
+    paths = [s.path for s in markdown_sections(DOC)]
+    assert paths == [
+        "Handbook",
+        "Handbook › Leave",
+        "Handbook › Leave › Sick leave",
+        "Handbook › Travel",
+    ]
+
+
+def test_chunk_offsets_point_back_into_the_source() -> None:
+    pieces = chunk_text(DOC, words, max_tokens=50, overlap_tokens=5, markdown=True)
+    assert pieces
+    for piece in pieces:
+        assert piece.text == DOC[piece.start : piece.end].strip()
+    sick = next(p for p in pieces if "doctor" in p.text)
+    assert sick.section == "Handbook › Leave › Sick leave"
+
+
+def test_long_text_is_cut_under_the_token_limit_with_nothing_lost() -> None:
+    paragraph = " ".join(f"Sentence number {i} says something." for i in range(200))
+    text = paragraph + "\n\nA short closing paragraph."
+    pieces = chunk_text(text, words, max_tokens=40, overlap_tokens=10, markdown=False)
+    assert len(pieces) > 5
+    assert all(words(p.text) <= 40 for p in pieces)
+    joined = " ".join(p.text for p in pieces)
+    for i in range(200):
+        assert f"Sentence number {i} says" in joined
+
+
+def test_a_short_paragraph_is_repeated_as_overlap_into_the_next_chunk() -> None:
+    paragraphs = [f"Paragraph {i} " + "word " * 8 for i in range(6)]
+    pieces = chunk_text(
+        "\n\n".join(paragraphs), words, max_tokens=25, overlap_tokens=12, markdown=False
+    )
+    assert len(pieces) >= 3
+    for earlier, later in itertools.pairwise(pieces):
+        last_paragraph = earlier.text.split("\n\n")[-1]
+        assert later.text.startswith(last_paragraph)

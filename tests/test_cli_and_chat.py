@@ -1,0 +1,111 @@
+"""The `guardrag` command and the chat server, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from rag.settings import Settings
+from tests.conftest import EXAMPLES, ROOT
+from ui.cli import app
+
+runner = CliRunner()
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "GUARDRAG_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+
+
+def test_unknown_profile_names_the_available_profiles() -> None:
+    result = runner.invoke(app, ["ask", "hello", "--profile", "laptop"])
+    assert result.exit_code == 2
+    assert "unknown profile 'laptop'" in result.output and "cluster, local" in result.output
+
+
+def test_empty_question_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ask", "  "], env=_env(tmp_path))
+    assert result.exit_code == 2
+    assert "the question is empty" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_asking_before_ingesting_says_to_ingest_first(
+    tmp_path: Path, provisioned: Settings
+) -> None:
+    result = runner.invoke(app, ["ask", "hello"], env=_env(tmp_path))
+    assert result.exit_code == 2 and "guardrag ingest PATH" in result.output
+
+
+def test_ingest_of_an_empty_folder_says_so(tmp_path: Path, provisioned: Settings) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["ingest", str(tmp_path / "empty")], env=_env(tmp_path / "data"))
+    assert result.exit_code == 2 and "holds no documents" in result.output
+
+
+def test_ingest_strict_fails_on_a_broken_file_and_reports_it(
+    tmp_path: Path, provisioned: Settings
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "ok.md").write_text("# Fine\n\nA fine document.\n")
+    (folder / "broken.txt").write_bytes(b"\x00\xff" * 100)
+    report = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        ["ingest", str(folder), "--strict", "--report", str(report)],
+        env=_env(tmp_path / "data"),
+    )
+    assert result.exit_code == 1
+    assert "broken.txt" in result.output and "binary" in result.output
+    assert '"added": [\n    "docs/ok.md"' in report.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_chat_starts_on_a_free_port_and_serves_its_page(
+    provisioned: Settings, tmp_path: Path
+) -> None:
+    # Its own store: an embedded store has one process at a time, and this test's chat is a
+    # second process.
+    ingested = runner.invoke(app, ["ingest", str(EXAMPLES)], env=_env(tmp_path / "data"))
+    assert ingested.exit_code == 0, ingested.output
+    port = _free_port()
+    log = tmp_path / "chat.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "chat", "--port", str(port)],
+        cwd=ROOT,
+        env=_env(tmp_path / "data"),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        page = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(1)
+        assert server.poll() is None, f"the chat process exited: {log.read_text()[-2000:]}"
+        assert page is not None and page.status_code == 200
+        assert "guardrag" in page.text
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,142 @@
+"""Ingestion into the real embedded Qdrant (Edge) and through qdrant-client's API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.run import IngestError, IngestParts, build_ingest_parts, ingest_folder
+from rag.compose import build_embedder, build_injection
+from rag.schema import Chunk
+from rag.settings import Settings
+from rag.store import CollectionInfo, EdgeStore, ServerStore, StoreError, point_id
+from tests.conftest import local_settings
+
+
+@pytest.fixture
+def parts(provisioned: Settings, tmp_path: Path) -> IngestParts:
+    return build_ingest_parts(local_settings(tmp_path / "data"))
+
+
+def test_examples_ingest_with_sections_and_the_planted_injection_flagged(
+    parts: IngestParts, examples_copy: Path
+) -> None:
+    report = ingest_folder(examples_copy, parts)
+    assert len(report.added) == 8 and not report.failed
+    chunks = list(parts.store.scroll_chunks())
+    assert len(chunks) == report.chunks_written == parts.store.count()
+    flagged = [c for c in chunks if c.flagged]
+    assert [c.path for c in flagged] == ["handbook-copy/vendors/supplier-notes.md"]
+    assert "instruction_override" in flagged[0].injection_categories
+    leave = [c for c in chunks if c.path.endswith("leave-and-holidays.md")]
+    assert any("›" in c.section for c in leave)
+
+
+def test_reingest_of_unchanged_folder_writes_nothing(
+    parts: IngestParts, examples_copy: Path
+) -> None:
+    ingest_folder(examples_copy, parts)
+    before = {c.id for c in parts.store.scroll_chunks()}
+    again = ingest_folder(examples_copy, parts)
+    assert again.chunks_written == 0 and len(again.unchanged) == 8
+    assert {c.id for c in parts.store.scroll_chunks()} == before
+
+
+def test_a_changed_file_replaces_exactly_its_chunks_and_a_deleted_one_is_pruned(
+    parts: IngestParts, examples_copy: Path
+) -> None:
+    ingest_folder(examples_copy, parts)
+    before = list(parts.store.scroll_chunks())
+    faq = examples_copy / "faq.md"
+    faq.write_text(faq.read_text() + "\n\n## Late addition\n\nThe canteen opens at 08:00.\n")
+    (examples_copy / "products" / "lantern-catalogue.txt").unlink()
+    report = ingest_folder(examples_copy, parts)
+    assert report.updated == ["handbook-copy/faq.md"]
+    assert report.removed == ["handbook-copy/products/lantern-catalogue.txt"]
+    after = list(parts.store.scroll_chunks())
+    untouched = {c.id for c in before if not c.path.endswith(("faq.md", "lantern-catalogue.txt"))}
+    assert untouched <= {c.id for c in after}
+    assert not [c for c in after if c.path.endswith("lantern-catalogue.txt")]
+    faq_chunks = [c for c in after if c.path.endswith("faq.md")]
+    assert len({c.file_hash for c in faq_chunks}) == 1
+    assert any("canteen opens at 08:00" in c.text for c in faq_chunks)
+
+
+def test_broken_files_are_reported_with_path_and_reason_while_the_rest_ingests(
+    parts: IngestParts, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nThe good file says the sky is blue.\n")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02\x03garbage" * 50)
+    (folder / "latin1 name é.txt").write_bytes(
+        "Caf\xe9 cr\xe8me is served at noon.".encode("latin-1")
+    )
+    report = ingest_folder(folder, parts)
+    reasons = dict(report.failed)
+    assert reasons[str(folder / "empty.txt")] == "empty file"
+    assert "binary" in reasons[str(folder / "binary.txt")]
+    assert sorted(report.added) == ["mixed/good.md", "mixed/latin1 name é.txt"]
+    assert any("Café crème" in c.text for c in parts.store.scroll_chunks())
+
+
+def test_an_empty_folder_or_a_missing_one_is_a_clear_error(
+    parts: IngestParts, tmp_path: Path
+) -> None:
+    with pytest.raises(IngestError, match="holds no documents"):
+        ingest_folder(tmp_path, parts)
+    with pytest.raises(IngestError, match="does not exist"):
+        ingest_folder(tmp_path / "nope", parts)
+
+
+def test_a_collection_filled_by_another_embedder_is_refused(
+    provisioned: Settings, tmp_path: Path
+) -> None:
+    store = EdgeStore(tmp_path / "store")
+    store.ensure_collection(CollectionInfo("BAAI/bge-small-en-v1.5", 384))
+    store.close()
+    with pytest.raises(StoreError, match=r"bge-small-en-v1\.5.*all-MiniLM-L6-v2"):
+        EdgeStore(tmp_path / "store").ensure_collection(
+            CollectionInfo("sentence-transformers/all-MiniLM-L6-v2", 384)
+        )
+
+
+@pytest.mark.parametrize("kind", ["edge", "client"])
+def test_both_stores_keep_search_delete_and_reopen_alike(
+    provisioned: Settings, tmp_path: Path, kind: str
+) -> None:
+    embedder = build_embedder(provisioned)
+
+    def open_store() -> EdgeStore | ServerStore:
+        # qdrant-client's embedded mode stands in for a Qdrant server, which cannot be
+        # installed here; it speaks the same client API as `url=`.
+        if kind == "edge":
+            return EdgeStore(tmp_path / "edge")
+        return ServerStore("guardrag-test", path=tmp_path / "client")
+
+    store = open_store()
+    info = CollectionInfo(embedder.name, embedder.dimension)
+    store.ensure_collection(info)
+    texts = [
+        "Staff may work remotely up to 3 days a week.",
+        "Receipts are submitted within 30 days.",
+    ]
+    chunks = [
+        Chunk(id=point_id(f"d/{i}.md", 0, str(i)), text=t, path=f"d/{i}.md", file_hash=f"h{i}")
+        for i, t in enumerate(texts)
+    ]
+    store.upsert(chunks, embedder.embed_documents(texts), [1, 1])
+    hit = store.search(embedder.embed_query("How many remote days?"), 2)[0]
+    assert hit.chunk.path == "d/0.md" and hit.chunk.text == texts[0]
+    store.delete_file("d/1.md")
+    store.close()
+    reopened = open_store()
+    assert reopened.open_existing() == info
+    assert reopened.count() == 1
+    assert set(reopened.file_states()) == {"d/0.md"}
+    assert isinstance(reopened.search(np.asarray(embedder.embed_query("receipts")), 5), list)
+    reopened.close()
+    assert build_injection(provisioned).check_sync(texts[0]).outcome == "allow"

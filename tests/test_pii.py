@@ -1,0 +1,86 @@
+"""Presidio with spaCy, for real: what it finds, the placeholders, and restoring them."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardrails.pii import PresidioPII, PseudonymVault, StreamRestorer
+from rag.compose import build_pii
+from rag.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def pii(provisioned: Settings) -> PresidioPII:
+    guard = build_pii(provisioned)
+    assert guard.available
+    return guard
+
+
+def test_name_email_and_phone_become_placeholders(pii: PresidioPII) -> None:
+    vault = PseudonymVault()
+    text = "I am Ada Lovelace, write to ada.lovelace@example.com or call +44 20 7946 0101."
+    sanitized, findings = pii.pseudonymise(text, vault)
+    assert "Ada Lovelace" not in sanitized and "ada.lovelace@example.com" not in sanitized
+    assert "<PERSON_1>" in sanitized and "<EMAIL_ADDRESS_1>" in sanitized
+    assert {f.entity_type for f in findings} >= {"PERSON", "EMAIL_ADDRESS"}
+    assert vault.restore(sanitized) == text
+
+
+def test_the_same_person_keeps_one_placeholder_for_the_conversation(pii: PresidioPII) -> None:
+    vault = PseudonymVault()
+    first, _ = pii.pseudonymise("Grace Hopper asked about leave.", vault)
+    second, _ = pii.pseudonymise("Did Grace Hopper get an answer? Alan Turing did.", vault)
+    assert "<PERSON_1>" in first and "<PERSON_1>" in second and "<PERSON_2>" in second
+
+
+def test_text_without_pii_is_allowed(pii: PresidioPII) -> None:
+    verdict = pii.check_sync("How many days of annual leave do I get?")
+    assert verdict.outcome == "allow" and verdict.sanitized_text is None
+
+
+def test_custom_pattern_recognises_employee_ids(provisioned: Settings) -> None:
+    from dataclasses import replace
+
+    settings = provisioned.model_copy(
+        update={
+            "guards": provisioned.guards.model_copy(
+                update={
+                    "pii": provisioned.guards.pii.model_copy(
+                        update={"custom_patterns": {"EMPLOYEE_ID": r"\bEMP-\d{6}\b"}}
+                    )
+                }
+            )
+        }
+    )
+    guard = build_pii(settings)
+    verdict = guard.check_sync("My badge says EMP-123456.")
+    assert "EMPLOYEE_ID" in verdict.categories
+    assert replace(verdict).sanitized_text == "My badge says <EMPLOYEE_ID_1>."
+
+
+def test_missing_spacy_model_makes_the_guard_unavailable_not_permissive() -> None:
+    guard = PresidioPII("no_such_spacy_model_xyz", ["PERSON"], 0.5)
+    verdict = guard.check_sync("Ada Lovelace")
+    assert verdict.outcome == "unavailable"
+    assert "no_such_spacy_model_xyz" in verdict.reason
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_placeholder_split_across_stream_deltas_is_restored_whole(cut: int) -> None:
+    vault = PseudonymVault()
+    placeholder = vault.placeholder_for("PERSON", "Ada Lovelace")
+    streamed = f"Hello {placeholder}, welcome."
+    restorer = StreamRestorer(vault)
+    shown = [
+        restorer.feed(streamed[: cut + 5]),
+        restorer.feed(streamed[cut + 5 :]),
+        restorer.flush(),
+    ]
+    assert "".join(shown) == "Hello Ada Lovelace, welcome."
+    assert all("<PER" not in piece for piece in shown)
+
+
+def test_unknown_placeholders_and_plain_angle_brackets_pass_through() -> None:
+    restorer = StreamRestorer(PseudonymVault())
+    out = restorer.feed("a < b and <PERSON_9> ") + restorer.feed("<ok") + restorer.flush()
+    assert out == "a < b and <PERSON_9> <ok"

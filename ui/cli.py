@@ -1,0 +1,232 @@
+"""The `guardrag` command: ingest, ask, chat, and model provisioning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ingest.run import IngestError, build_ingest_parts, ingest_folder
+from rag.compose import build_pipeline
+from rag.generator import ModelUnavailable
+from rag.models import ModelMissing, list_models, pull
+from rag.pipeline import QuestionError, validate_question
+from rag.schema import Answer, Final, Retraction, TextDelta
+from rag.settings import Settings, SettingsError, load_settings
+from rag.store import StoreError
+
+app = typer.Typer(
+    help="guardrag: a guarded retrieval-augmented chat over your documents.", no_args_is_help=True
+)
+models_app = typer.Typer(
+    help="Provision and inspect the models the profile names.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+# Faults a user can fix; each message says how. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+    SettingsError,
+    IngestError,
+    StoreError,
+    ModelMissing,
+    ModelUnavailable,
+    QuestionError,
+)
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Profile name in profiles/ or a YAML path (default: GUARDRAG_PROFILE or local).",
+    ),
+]
+
+
+def _settings(profile: str | None) -> Settings:
+    try:
+        return load_settings(profile)
+    except SettingsError as exc:
+        _fail(exc)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Folder of documents to ingest.")],
+    profile: ProfileOption = None,
+    prune: Annotated[
+        bool, typer.Option(help="Remove chunks of files no longer in the folder.")
+    ] = True,
+    strict: Annotated[bool, typer.Option(help="Exit non-zero when any file fails.")] = False,
+    report_json: Annotated[
+        Path | None, typer.Option("--report", help="Write the run's report as JSON here.")
+    ] = None,
+) -> None:
+    """Ingest a folder (Markdown and text) into the store, incrementally."""
+    settings = _settings(profile)
+    try:
+        with console.status("loading the embedder…"):
+            parts = build_ingest_parts(settings)
+        report = ingest_folder(path, parts, prune=prune, progress=lambda line: console.log(line))
+        parts.store.close()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    table = Table(title=f"ingested {report.root} in {report.seconds:.1f} s")
+    for key in report.summary():
+        table.add_column(key.replace("_", " "))
+    table.add_row(*(str(v) for v in report.summary().values()))
+    console.print(table)
+    for file, reason in report.failed:
+        err.print(f"[yellow]failed[/] {file}: {reason}")
+    if report_json:
+        report_json.write_text(json.dumps(asdict(report), indent=2))
+    if strict and report.failed:
+        raise typer.Exit(1)
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    data = asdict(answer)
+    for verdict in data["verdicts"]:
+        verdict.pop("sanitized_text", None)
+    data["prompt"] = [asdict(m) for m in answer.prompt]
+    return data
+
+
+def _print_answer_details(answer: Answer) -> None:
+    if answer.citations:
+        table = Table(title="citations")
+        for column in ("#", "source", "score"):
+            table.add_column(column)
+        for c in answer.citations:
+            table.add_row(str(c.number), c.location, f"{c.score:.3f}")
+        console.print(table)
+    verdicts = Table(title="guards")
+    for column in ("guard", "outcome", "action", "score", "reason"):
+        verdicts.add_column(column)
+    for v in answer.verdicts:
+        verdicts.add_row(
+            v.guard,
+            v.outcome,
+            v.action + (f" ({v.policy})" if v.policy else ""),
+            f"{v.score:.2f}",
+            v.reason,
+        )
+    console.print(verdicts)
+    if answer.route:
+        r = answer.route
+        console.print(f"route: {r.task} → {r.model} (confidence {r.confidence:.2f}; {r.reason})")
+    stages = Table(title="stages")
+    for column in ("stage", "status", "ms", "detail"):
+        stages.add_column(column)
+    for s in answer.stages:
+        stages.add_row(s.name, s.status, f"{s.ms:.1f}", s.detail)
+    console.print(stages)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    profile: ProfileOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole answer as JSON.")
+    ] = False,
+) -> None:
+    """Ask one question: the answer streams, then citations, verdicts, route and timings."""
+    settings = _settings(profile)
+    try:
+        # Before any model loads: an empty question needs no pipeline to be refused.
+        validate_question(question)
+    except QuestionError as exc:
+        _fail(exc)
+
+    async def run() -> Answer:
+        pipeline = build_pipeline(settings)
+        answer: Answer | None = None
+        async for event in pipeline.stream(question):
+            if isinstance(event, TextDelta) and not as_json:
+                console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
+            elif isinstance(event, Retraction) and not as_json:
+                console.print(f"\n[red]retracted:[/] {event.reason}")
+            elif isinstance(event, Final):
+                answer = event.answer
+        assert answer is not None
+        return answer
+
+    try:
+        answer = asyncio.run(run())
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(answer_json(answer), indent=2) + "\n")
+        return
+    if answer.status != "answered":
+        console.print(f"[bold red]{answer.status}:[/] {answer.text}")
+    console.print()
+    _print_answer_details(answer)
+
+
+@app.command()
+def chat(
+    profile: ProfileOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on (default from settings).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings, 7860).")] = None,
+) -> None:
+    """Serve the Gradio chat."""
+    from ui.chat import serve_chat
+
+    settings = _settings(profile)
+    try:
+        serve_chat(settings, host or settings.chat.host, port or settings.chat.port)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+@models_app.command("pull")
+def models_pull(profile: ProfileOption = None) -> None:
+    """Provision the models this profile names that ship offline (converting SmolLM2 once)."""
+    settings = _settings(profile)
+    try:
+        statuses = pull(settings, report=lambda line: console.log(line))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _print_models(statuses)
+
+
+@models_app.command("list")
+def models_list(profile: ProfileOption = None) -> None:
+    """Each model the profile names: where it is and whether it loads."""
+    settings = _settings(profile)
+    with console.status("loading each model…"):
+        statuses = list_models(settings)
+    _print_models(statuses)
+
+
+def _print_models(statuses: list[Any]) -> None:
+    table = Table(title="models")
+    for column in ("role", "model", "where", "loads", "detail"):
+        table.add_column(column, overflow="fold")
+    for s in statuses:
+        loads = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[s.loads]
+        table.add_row(s.role, s.model_id, str(s.path or "missing"), loads, s.detail)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()
