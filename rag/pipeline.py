@@ -148,6 +148,8 @@ class _Run:
         self.verdicts: list[Verdict] = []
         self.route: Route | None = None
         self.used_hits: list[Hit] = []
+        self.prompt: tuple[ChatMessage, ...] = ()
+        self.first_token_ms: float | None = None
 
     def _report(self, name: str, status: Any, ms: float, detail: str = "") -> StageEvent:
         report = StageReport(name, status, ms, detail)
@@ -212,9 +214,6 @@ class _Run:
             "route", "ran", _ms(route_started), f"{self.route.task} → {self.route.model}"
         )
 
-        messages = self._messages(model_question, hits)
-        self.prompt = tuple(messages)
-
         # When the output guard cannot run and policy forbids unchecked text, generating is
         # wasted work: the answer could never be shown.
         guard = self.s.output_guard
@@ -231,18 +230,19 @@ class _Run:
                 yield self._finish(refusal_text(guard_verdict), "blocked")
                 return
 
+        messages = self._messages(model_question, hits)
+        self.prompt = tuple(messages)
         generator = self.s.generators[self.route.model]
         restorer = StreamRestorer(self.conversation.vault)
         pseudonymised_answer: list[str] = []
         shown: list[str] = []
         generate_started = time.perf_counter()
-        first_token_ms: float | None = None
         try:
             async for delta in generator.stream(
                 messages, self.settings.generation.max_tokens, self.settings.generation.temperature
             ):
-                if first_token_ms is None:
-                    first_token_ms = _ms(self.started)
+                if self.first_token_ms is None:
+                    self.first_token_ms = _ms(self.started)
                 pseudonymised_answer.append(delta)
                 visible = restorer.feed(delta)
                 if visible:
@@ -257,7 +257,6 @@ class _Run:
             yield self._finish(str(exc), "failed")
             return
         yield self._report("generate", "ran", _ms(generate_started), self.route.model)
-        self.first_token_ms = first_token_ms
 
         guard_started = time.perf_counter()
         answer_for_guard = "".join(pseudonymised_answer)
@@ -334,8 +333,8 @@ class _Run:
             verdicts=tuple(self.verdicts),
             route=self.route,
             stages=tuple(self.reports),
-            prompt=getattr(self, "prompt", ()),
-            first_token_ms=getattr(self, "first_token_ms", None),
+            prompt=self.prompt,
+            first_token_ms=self.first_token_ms,
         )
         self.s.audit.write(
             AuditRecord(

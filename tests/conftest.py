@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ from rag.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+# The development sets live beside the repository (never copied into it).
 EVAL_DATA = ROOT.parent / "shared" / "eval-data"
+
+
+def eval_rows(name: str) -> list[dict[str, object]]:
+    path = EVAL_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not beside this checkout (CI has it as ../shared/eval-data)")
+    return [json.loads(line) for line in path.open(encoding="utf-8")]
 
 
 def local_settings(data_dir: Path, **overrides: object) -> Settings:

@@ -1,10 +1,9 @@
 import base64
-import json
 
 import pytest
 
 from guardrails.injection import InjectionRules, normalise
-from tests.conftest import EVAL_DATA, EXAMPLES
+from tests.conftest import EXAMPLES, eval_rows
 
 guard = InjectionRules(threshold=0.5)
 
@@ -61,7 +60,7 @@ def test_only_the_planted_paragraph_of_the_example_corpus_is_flagged() -> None:
 
 
 def test_false_positive_rate_on_the_benign_development_set_stays_low() -> None:
-    rows = [json.loads(line) for line in (EVAL_DATA / "benign_dev.jsonl").open()]
+    rows = eval_rows("benign_dev.jsonl")
     questions = [r for r in rows if r["kind"] == "question"]
     flagged = [r["id"] for r in questions if guard.check_sync(r["text"]).flagged]
     # Plain user questions: the rules must not block ordinary use.
