@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,20 @@ class ReadError(Exception):
 
 @dataclass(frozen=True)
 class Document:
+    """A file as text. Formats with structure express it as Markdown headings (`markdown`
+    True), so one chunker serves all; paged formats give each page's start offset."""
+
     text: str
     markdown: bool
     title: str = ""
+    # Character offset in `text` where each page starts; page n (1-based) starts at
+    # page_starts[n - 1]. Empty for formats without pages.
+    page_starts: tuple[int, ...] = ()
+
+    def page_at(self, offset: int) -> int | None:
+        if not self.page_starts:
+            return None
+        return bisect.bisect_right(self.page_starts, offset)
 
 
 def decode_text(data: bytes) -> str:

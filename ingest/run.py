@@ -139,6 +139,7 @@ def ingest_folder(
                     text=piece.text,
                     path=name,
                     section=piece.section,
+                    page=document.page_at(piece.start),
                     start=piece.start,
                     end=piece.end,
                     content_hash=piece.content_hash,
