@@ -105,6 +105,9 @@ def ingest_folder(
         name = stored_path(root, file)
         seen.add(name)
         try:
+            if file.is_symlink() and not file.resolve().is_relative_to(root):
+                # A link out of the folder would ingest whatever it points at (~/.ssh, /etc).
+                raise ReadError(f"symlink to {file.resolve()}, outside the ingested folder")
             if file.stat().st_size > parts.settings.max_file_bytes:
                 raise ReadError(
                     f"{file.stat().st_size} bytes is over the limit of "

@@ -130,7 +130,8 @@ class Pipeline:
 
     def retrieve(self, question: str) -> list[Hit]:
         vector = self.stages.embedder.embed_query(question)
-        return self.stages.store.search(vector, self.settings.retrieval.candidates)
+        text = question if self.settings.retrieval.mode == "hybrid" else None
+        return self.stages.store.search(vector, self.settings.retrieval.candidates, text)
 
 
 class _Run:

@@ -61,10 +61,12 @@ class IngestSettings(_Section):
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 30
     max_file_bytes: int = 20_000_000
-    extensions: tuple[str, ...] = (".md", ".markdown", ".txt")
+    extensions: tuple[str, ...] = (".md", ".markdown", ".txt", ".pdf", ".docx", ".html", ".htm")
 
 
 class RetrievalSettings(_Section):
+    # `hybrid`: dense and BM25 results fused by reciprocal rank; `dense`: embeddings only.
+    mode: Literal["dense", "hybrid"] = "hybrid"
     top_k: int = 4
     candidates: int = 20
     # What to do with chunks that ingest flagged as injection: leave them out, or pass them

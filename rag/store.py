@@ -7,6 +7,7 @@ embedder filled them: mixing vectors from two embedders in one collection is ref
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -79,7 +80,11 @@ class Store(Protocol):
     ) -> None: ...
     def delete_file(self, path: str, keep_file_hash: str | None = None) -> None: ...
     def file_states(self) -> dict[str, FileState]: ...
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]: ...
+    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
+        """Nearest chunks to `vector`; given the query `text` too, dense and BM25 results are
+        fused by reciprocal rank (RRF)."""
+        ...
+
     def scroll_chunks(self) -> Iterable[Chunk]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
@@ -107,6 +112,14 @@ class _Bm25:
         vector = self._bm25.embed_document(text)
         return list(vector.indices), list(vector.values)
 
+    def query(self, text: str) -> tuple[list[int], list[float]]:
+        vector = self._bm25.embed_query(text)
+        return list(vector.indices), list(vector.values)
+
+
+# Reciprocal-rank fusion's constant (Cormack et al.); Qdrant's default too.
+RRF_K = 60
+
 
 class EdgeStore:
     """Embedded store: one Qdrant Edge shard under the data directory."""
@@ -129,11 +142,16 @@ class EdgeStore:
                 self._shard = self._load_shard()
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        shard_dir = self.path / "shard"
+        if shard_dir.exists():
+            # A shard without the metadata file is a creation interrupted before any chunk was
+            # written (the file is written right after the shard is created): start it again.
+            shutil.rmtree(shard_dir)
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=info.dimension, distance=qe.Distance.Cosine)},
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
-        self._shard = qe.EdgeShard.create(str(self.path / "shard"), config)
+        self._shard = qe.EdgeShard.create(str(shard_dir), config)
         # Written last: a shard without this file is an interrupted creation, refused below.
         self._meta_path.write_text(json.dumps(asdict(info)))
 
@@ -216,13 +234,25 @@ class EdgeStore:
         for pid, payload in self._scroll():
             yield _chunk(pid, payload)
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
         import qdrant_edge as qe
 
         shard = self._require()
-        request = qe.QueryRequest(
-            limit=limit, query=qe.Query.Nearest(vector.tolist(), using=DENSE), with_payload=True
-        )
+        dense = qe.Query.Nearest(vector.tolist(), using=DENSE)
+        if text is None:
+            request = qe.QueryRequest(limit=limit, query=dense, with_payload=True)
+        else:
+            sparse = qe.Query.Nearest(qe.SparseVector(*self._bm25.query(text)), using=SPARSE)
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    qe.Prefetch(limit=limit, query=dense),
+                    qe.Prefetch(limit=limit, query=sparse),
+                ],
+                # The stubs say `Fusion`; at run time the query is the Rrf variant, built with k.
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
+                with_payload=True,
+            )
         return [Hit(_chunk(p.id, p.payload), float(p.score)) for p in shard.query(request)]
 
     def count(self) -> int:
@@ -370,15 +400,31 @@ class ServerStore:
         for pid, payload in self._scroll():
             yield _chunk(pid, payload)
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
+        from qdrant_client import models
+
+        if text is None:
+            query: dict[str, Any] = {"query": vector.tolist(), "using": DENSE}
+        else:
+            indices, values = self._bm25.query(text)
+            query = {
+                "prefetch": [
+                    models.Prefetch(query=vector.tolist(), using=DENSE, limit=limit),
+                    models.Prefetch(
+                        query=models.SparseVector(indices=indices, values=values),
+                        using=SPARSE,
+                        limit=limit,
+                    ),
+                ],
+                "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+            }
         response = self._call(
             "search",
             self._client.query_points,
             self.collection,
-            query=vector.tolist(),
-            using=DENSE,
             limit=limit,
             with_payload=True,
+            **query,
         )
         return [Hit(_chunk(p.id, p.payload or {}), float(p.score)) for p in response.points]
 

@@ -68,6 +68,18 @@ def test_ingest_strict_fails_on_a_broken_file_and_reports_it(
     assert '"added": [\n    "docs/ok.md"' in report.read_text()
 
 
+def test_quarantine_list_shows_the_flagged_chunk_with_file_and_reason(
+    provisioned: Settings, tmp_path: Path
+) -> None:
+    env = _env(tmp_path / "data")
+    assert runner.invoke(app, ["ingest", str(EXAMPLES)], env=env).exit_code == 0
+    result = runner.invoke(app, ["quarantine", "list"], env=env)
+    assert result.exit_code == 0
+    assert "1 quarantined chunk(s)" in result.output
+    assert "examples/vendors/supplier-notes.md" in result.output
+    assert "instruction_override" in result.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -83,6 +83,21 @@ def test_broken_files_are_reported_with_path_and_reason_while_the_rest_ingests(
     assert any("Café crème" in c.text for c in parts.store.scroll_chunks())
 
 
+def test_a_symlink_out_of_the_folder_is_refused_and_reported(
+    parts: IngestParts, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("The vault code is 1234.")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "real.md").write_text("# Real\n\nA real document.\n")
+    (folder / "link.txt").symlink_to(outside)
+    report = ingest_folder(folder, parts)
+    assert report.added == ["docs/real.md"]
+    assert "outside the ingested folder" in dict(report.failed)[str(folder / "link.txt")]
+    assert not any("vault code" in c.text for c in parts.store.scroll_chunks())
+
+
 def test_an_empty_folder_or_a_missing_one_is_a_clear_error(
     parts: IngestParts, tmp_path: Path
 ) -> None:
@@ -139,4 +154,33 @@ def test_both_stores_keep_search_delete_and_reopen_alike(
     assert set(reopened.file_states()) == {"d/0.md"}
     assert isinstance(reopened.search(np.asarray(embedder.embed_query("receipts")), 5), list)
     reopened.close()
+
+
+@pytest.mark.parametrize("kind", ["edge", "client"])
+def test_hybrid_search_lifts_an_exact_code_that_dense_search_ranks_low(
+    provisioned: Settings, tmp_path: Path, kind: str
+) -> None:
+    embedder = build_embedder(provisioned)
+    store: EdgeStore | ServerStore = (
+        EdgeStore(tmp_path / "edge")
+        if kind == "edge"
+        else ServerStore("t", path=tmp_path / "client")
+    )
+    store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
+    texts = [
+        f"Spare parts belong to lantern model {i}; each part fits one lantern." for i in range(12)
+    ]
+    texts.append("Order code QX-77813: replacement glass pane, 4 mm.")
+    chunks = [
+        Chunk(id=point_id(f"p/{i}", 0, str(i)), text=t, path=f"p/{i}") for i, t in enumerate(texts)
+    ]
+    store.upsert(chunks, embedder.embed_documents(texts), [1] * len(texts))
+    question = "Which lantern does QX-77813 belong to?"
+    vector = embedder.embed_query(question)
+    dense_rank = [h.chunk.path for h in store.search(vector, 13)].index("p/12")
+    hybrid_rank = [h.chunk.path for h in store.search(vector, 13, text=question)].index("p/12")
+    assert dense_rank > 2, "the case only means something if dense search alone ranks it low"
+    # RRF: first by BM25 and last by dense lands mid-table, inside the candidates reranked.
+    assert hybrid_rank <= dense_rank - 5 and hybrid_rank < 6
+    store.close()
     assert build_injection(provisioned).check_sync(texts[0]).outcome == "allow"

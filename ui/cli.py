@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest.run import IngestError, build_ingest_parts, ingest_folder
-from rag.compose import build_pipeline
+from rag.compose import build_pipeline, build_store
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
 from rag.pipeline import QuestionError, validate_question
@@ -25,10 +25,14 @@ from rag.store import StoreError
 app = typer.Typer(
     help="guardrag: a guarded retrieval-augmented chat over your documents.", no_args_is_help=True
 )
+quarantine_app = typer.Typer(
+    help="Chunks flagged as prompt injection at ingest.", no_args_is_help=True
+)
 models_app = typer.Typer(
     help="Provision and inspect the models the profile names.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+app.add_typer(quarantine_app, name="quarantine")
 
 console = Console()
 err = Console(stderr=True)
@@ -196,6 +200,31 @@ def chat(
         serve_chat(settings, host or settings.chat.host, port or settings.chat.port)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@quarantine_app.command("list")
+def quarantine_list(profile: ProfileOption = None) -> None:
+    """Every chunk ingest flagged as injection: file, section, score and the rules it matched."""
+    settings = _settings(profile)
+    try:
+        store = build_store(settings)
+        if store.open_existing() is None:
+            raise StoreError("no documents ingested yet: run `guardrag ingest PATH` first")
+        flagged = [c for c in store.scroll_chunks() if c.flagged]
+    except USER_ERRORS as exc:
+        _fail(exc)
+    table = Table(title=f"{len(flagged)} quarantined chunk(s)")
+    for column in ("file", "section", "score", "rules", "start of text"):
+        table.add_column(column, overflow="fold")
+    for c in sorted(flagged, key=lambda c: (c.path, c.start)):
+        table.add_row(
+            c.path,
+            c.section,
+            f"{c.injection_score:.2f}",
+            ", ".join(c.injection_categories),
+            c.text[:80],
+        )
+    console.print(table)
 
 
 @models_app.command("pull")
