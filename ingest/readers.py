@@ -1,11 +1,24 @@
-"""Reading one file into text. Each format is one function registered by extension."""
+"""Reading one file into text: Markdown, plain text, PDF (text layer), DOCX and HTML, each
+format one function registered by extension, each refusal a ReadError that says why."""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import codecs
+import re
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import docx
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+from docx.opc.exceptions import PackageNotFoundError
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+from lxml.etree import XMLSyntaxError
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 
 class ReadError(Exception):
@@ -30,9 +43,10 @@ class Document:
         return bisect.bisect_right(self.page_starts, offset)
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, declared_encoding: str | None = None) -> str:
     """Bytes to text with the encoding detected, never guessed silently: undetectable or
-    binary content is an error naming the reason."""
+    binary content is an error naming the reason. An encoding the file declares (an HTML
+    `<meta charset>`) is tried after UTF-8 and before detection."""
     if not data:
         raise ReadError("empty file")
     if b"\x00" in data[:8192]:
@@ -41,6 +55,11 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    if declared_encoding:
+        try:
+            return data.decode(declared_encoding)
+        except (LookupError, UnicodeDecodeError):
+            pass  # a wrong or unknown declaration is common; detection decides instead
     from charset_normalizer import from_bytes
 
     matches = from_bytes(data)
@@ -71,18 +90,242 @@ def read_plain_text(path: Path) -> Document:
     return Document(decode_text(path.read_bytes()), markdown=False)
 
 
-READERS: dict[str, Callable[[Path], Document]] = {
-    ".md": read_markdown,
-    ".markdown": read_markdown,
-    ".txt": read_plain_text,
+_PDF_LOAD_ERRORS = {
+    pdfium_c.FPDF_ERR_PASSWORD: "encrypted PDF: a password is needed",
+    pdfium_c.FPDF_ERR_SECURITY: "encrypted PDF: its security scheme is not supported",
+    pdfium_c.FPDF_ERR_FORMAT: "not a readable PDF: damaged, or not a PDF at all",
+    # pypdfium2 reports a document without pages as a load failure with PDFium's "success".
+    pdfium_c.FPDF_ERR_SUCCESS: "not a readable PDF: it has no pages",
 }
 
 
-def read_document(path: Path) -> Document:
+def read_pdf(path: Path, max_pages: int = 2000) -> Document:
+    """The text layer page by page; pages joined by a blank line, each page's start kept."""
+    try:
+        pdf = pdfium.PdfDocument(path)
+    except pdfium.PdfiumError as exc:
+        raise ReadError(_PDF_LOAD_ERRORS.get(exc.err_code, f"not a readable PDF: {exc}")) from exc
+    try:
+        if len(pdf) > max_pages:
+            raise ReadError(
+                f"{len(pdf)} pages is over the limit of {max_pages} (ingest.max_pdf_pages)"
+            )
+        pages = [_pdf_page_text(pdf, index) for index in range(len(pdf))]
+        title = pdf.get_metadata_dict().get("Title", "").strip()
+    except pdfium.PdfiumError as exc:
+        raise ReadError(f"not a readable PDF: {exc}") from exc
+    finally:
+        pdf.close()
+    if not any(pages):
+        raise ReadError("no text layer (scanned PDF?); OCR is not supported")
+    starts = [0]
+    for text in pages[:-1]:
+        starts.append(starts[-1] + len(text) + len("\n\n"))
+    return Document("\n\n".join(pages), markdown=False, title=title, page_starts=tuple(starts))
+
+
+def _pdf_page_text(pdf: pdfium.PdfDocument, index: int) -> str:
+    page = pdf[index]
+    textpage = page.get_textpage()
+    try:
+        # Bounded rather than range extraction: it decodes characters beyond UCS-2.
+        text: str = textpage.get_text_bounded()
+    finally:
+        textpage.close()
+        page.close()
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+# A member packed more tightly than this is a zip bomb's signature: Word's own parts stay
+# under 40 times (styles.xml 29, a 2 MB body of repetitive paragraphs 37).
+_MAX_ZIP_RATIO = 100
+# Small members (a blank bitmap, padding XML) legitimately compress far beyond the ratio and
+# cannot hurt; only members this large are held to it.
+_RATIO_CHECKED_FROM = 1_000_000
+
+
+def read_docx(path: Path, max_unzipped_bytes: int = 200_000_000) -> Document:
+    """Paragraphs and tables in body order; Title and Heading N styles become Markdown
+    headings, table rows become lines of cells joined by " | "."""
+    _refuse_zip_bomb(path, max_unzipped_bytes)
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, KeyError, ValueError, XMLSyntaxError) as exc:
+        raise ReadError(f"not a readable DOCX: {exc}") from exc
+    blocks = []
+    first_heading = ""
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            blocks.append(_docx_table_text(item))
+            continue
+        level = _docx_heading_level(item)
+        if not level:
+            blocks.append(item.text.strip())
+            continue
+        heading = " ".join(item.text.split())
+        if heading:
+            blocks.append(f"{'#' * level} {heading}")
+            if level == 1 and not first_heading:
+                first_heading = heading
+    title = (document.core_properties.title or "").strip() or first_heading
+    return Document("\n\n".join(b for b in blocks if b), markdown=True, title=title)
+
+
+def _refuse_zip_bomb(path: Path, max_unzipped_bytes: int) -> None:
+    """Checks the sizes the archive declares before anything is unpacked. They bound what
+    is read: zipfile stops every member at its declared size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile as exc:
+        raise ReadError(f"not a readable DOCX: {exc}") from exc
+    total = sum(member.file_size for member in members)
+    if total > max_unzipped_bytes:
+        raise ReadError(
+            f"unzips to {total} bytes, over the limit of {max_unzipped_bytes} "
+            "(ingest.max_unzipped_bytes); it looks like a decompression bomb"
+        )
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size >= _RATIO_CHECKED_FROM and ratio > _MAX_ZIP_RATIO:
+            raise ReadError(
+                f"{member.filename} expands {ratio:.0f} times (over {_MAX_ZIP_RATIO}); "
+                "it looks like a decompression bomb"
+            )
+
+
+def _docx_heading_level(paragraph: Paragraph) -> int:
+    name = (paragraph.style.name if paragraph.style is not None else None) or ""
+    if name == "Title":
+        return 1
+    number = name.removeprefix("Heading ")
+    return min(int(number), 6) if name.startswith("Heading ") and number.isdigit() else 0
+
+
+def _docx_table_text(table: Table) -> str:
+    rows = []
+    for row in table.rows:
+        # A cell spanning several grid columns comes back once per column, as one object.
+        cells = [" ".join(cell.text.split()) for cell in dict.fromkeys(row.cells)]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+# Non-text and page chrome: their words would pollute every chunk of the page.
+_HTML_DROPPED = ["script", "style", "noscript", "template", "svg", "iframe", "nav", "aside", "form"]
+_HTML_SITE_CHROME = ["header", "footer"]
+_HTML_INLINE = {
+    "a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn", "em", "font", "i",
+    "ins", "kbd", "label", "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup",
+    "time", "u", "var", "wbr",
+}  # fmt: skip
+_HTML_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_HTML_BLOCKS = "p, div, ul, ol, li, dl, table, pre, blockquote, h1, h2, h3, h4, h5, h6"
+_META_CHARSET = re.compile(rb"""<meta[^>]*charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+
+
+def read_html(path: Path) -> Document:
+    """The page's main content as Markdown: headings kept, list items as "- " lines,
+    scripts, styles, navigation and other page chrome dropped."""
+    data = path.read_bytes()
+    tree = LexborHTMLParser(decode_text(data, _declared_charset(data)))
+    title_node = tree.css_first("title")
+    title = " ".join(title_node.text().split()) if title_node is not None else ""
+    root = _html_main_content(tree)
+    if root is None:
+        raise ReadError("no text in the HTML page")
+    # A <header> or <footer> inside <main> or <article> is the article's own (its title, its
+    # date), not the site's chrome, which is outside them.
+    root.strip_tags(_HTML_DROPPED + (_HTML_SITE_CHROME if root.tag == "body" else []))
+    blocks = [block for block in _html_blocks(root) if block]
+    if not blocks:
+        raise ReadError("no text in the HTML page")
+    if not title:
+        title = next((block[2:] for block in blocks if block.startswith("# ")), "")
+    return Document("\n\n".join(blocks), markdown=True, title=title)
+
+
+def _declared_charset(data: bytes) -> str | None:
+    match = _META_CHARSET.search(data[:4096])
+    if match is None:
+        return None
+    try:
+        name = codecs.lookup(match.group(1).decode("ascii")).name
+    except LookupError:
+        return None
+    # Browsers read pages labelled Latin-1 or ASCII as Windows-1252, and so do their authors.
+    return "cp1252" if name in {"latin-1", "iso8859-1", "ascii"} else name
+
+
+def _html_main_content(tree: LexborHTMLParser) -> LexborNode | None:
+    main = tree.css_first("main, [role=main]")
+    if main is not None:
+        return main
+    # Several <article>s are a listing (a blog's front page), not one main text.
+    articles = tree.css("article")
+    return articles[0] if len(articles) == 1 else tree.body
+
+
+def _html_blocks(node: LexborNode) -> Iterator[str]:
+    """The text blocks under `node` in reading order, whitespace collapsed inside each:
+    headings as Markdown, list items with "- ", rows of a plain table as cells joined by
+    " | ", preformatted text fenced as it is. Empty blocks come out as ""."""
+    run: list[str] = []  # inline text waiting for the next block boundary
+    for child in node.iter(include_text=True):
+        tag = child.tag or ""
+        if child.is_text_node or tag in _HTML_INLINE:
+            run.append(child.text())
+            continue
+        if tag == "br":
+            run.append(" ")
+            continue
+        if child.is_comment_node:
+            continue
+        yield " ".join("".join(run).split())
+        run.clear()
+        if tag in _HTML_HEADINGS:
+            heading = " ".join(child.text().split())
+            yield f"{'#' * int(tag[1])} {heading}" if heading else ""
+        elif tag == "pre":
+            code = child.text().strip("\n")
+            yield f"```\n{code}\n```" if code.strip() else ""
+        elif tag == "li":
+            inner = [block for block in _html_blocks(child) if block]
+            yield from ([f"- {inner[0]}", *inner[1:]] if inner else [])
+        elif tag == "tr" and child.css_first(_HTML_BLOCKS) is None:
+            cells = [" ".join(cell.text().split()) for cell in child.iter()]
+            yield " | ".join(cells) if any(cells) else ""
+        else:
+            yield from _html_blocks(child)
+    yield " ".join("".join(run).split())
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on what one file may cost to read (ingest settings carry the values)."""
+
+    max_pdf_pages: int = 2000
+    max_unzipped_bytes: int = 200_000_000
+
+
+# One line per format: the extension and how to read it within the limits.
+READERS: dict[str, Callable[[Path, ReadLimits], Document]] = {
+    ".md": lambda path, _: read_markdown(path),
+    ".markdown": lambda path, _: read_markdown(path),
+    ".txt": lambda path, _: read_plain_text(path),
+    ".pdf": lambda path, limits: read_pdf(path, limits.max_pdf_pages),
+    ".docx": lambda path, limits: read_docx(path, limits.max_unzipped_bytes),
+    ".html": lambda path, _: read_html(path),
+    ".htm": lambda path, _: read_html(path),
+}
+
+
+def read_document(path: Path, limits: ReadLimits = ReadLimits()) -> Document:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise ReadError(f"no reader for {path.suffix or 'files without an extension'}")
     try:
-        return reader(path)
+        return reader(path, limits)
     except OSError as exc:
         raise ReadError(f"cannot read: {exc.strerror or exc}") from exc

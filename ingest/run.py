@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from guardrails.injection import InjectionRules
 from ingest.chunking import chunk_text
-from ingest.readers import READERS, ReadError, read_document
+from ingest.readers import READERS, ReadError, ReadLimits, read_document
 from rag.compose import build_embedder, build_injection, open_store_for_embedder
 from rag.embedder import SentenceEmbedder
 from rag.schema import Chunk
 from rag.settings import IngestSettings, Settings
-from rag.store import Store, point_id
+from rag.store import FileState, Store, point_id
 
 
 class IngestError(ValueError):
@@ -74,11 +77,40 @@ def stored_path(root: Path, file: Path) -> str:
     return (Path(root.name) / file.relative_to(root)).as_posix()
 
 
+@dataclass(frozen=True)
+class IngestProgress:
+    """Where a run is, for a progress bar or a log line."""
+
+    files_done: int
+    files_total: int
+    chunks_written: int
+    message: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One file after reading and chunking: its chunks, or why it needs none."""
+
+    name: str
+    file: Path
+    status: Literal["chunks", "unchanged", "failed"]
+    chunks: tuple[Chunk, ...] = ()
+    is_update: bool = False
+    file_hash: str = ""
+    reason: str = ""
+
+
+_DONE = object()
+# Chunks embedded and written per batch, across file boundaries: big batches keep the
+# embedder busy (one `encode` call sorts by length and pads less).
+WRITE_BATCH = 256
+
+
 def ingest_folder(
     root: Path,
     parts: IngestParts,
     prune: bool = True,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Callable[[IngestProgress], None] = lambda _: None,
 ) -> IngestReport:
     started = time.perf_counter()
     root = root.expanduser()
@@ -95,83 +127,140 @@ def ingest_folder(
         )
     report = IngestReport(root=str(root))
     states = parts.store.file_states()
-    tokenizer = parts.embedder.tokenizer
+    names = {file: stored_path(root, file) for file in files}
 
-    def count_tokens(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False, verbose=False))
+    # Reading and chunking (PDFium, tokenizers) run in one producer thread while this thread
+    # embeds and writes: the two overlap, and the queue bounds memory on big folders.
+    prepared: queue.Queue[Any] = queue.Queue(maxsize=64)
 
-    seen: set[str] = set()
-    for file in files:
-        name = stored_path(root, file)
-        seen.add(name)
+    def produce() -> None:
         try:
-            if file.is_symlink() and not file.resolve().is_relative_to(root):
-                # A link out of the folder would ingest whatever it points at (~/.ssh, /etc).
-                raise ReadError(f"symlink to {file.resolve()}, outside the ingested folder")
-            if file.stat().st_size > parts.settings.max_file_bytes:
-                raise ReadError(
-                    f"{file.stat().st_size} bytes is over the limit of "
-                    f"{parts.settings.max_file_bytes} (ingest.max_file_bytes)"
-                )
-            data = file.read_bytes()
-            file_hash = hashlib.sha256(data).hexdigest()[:32]
-            state = states.get(name)
-            if state and state.file_hashes == {file_hash} and state.points == state.expected_points:
-                report.unchanged.append(name)
-                continue
-            document = read_document(file)
-            pieces = chunk_text(
-                document.text,
-                count_tokens,
-                parts.settings.chunk_tokens,
-                parts.settings.chunk_overlap_tokens,
-                markdown=document.markdown,
-            )
-            if not pieces:
-                raise ReadError("no text in the file")
-        except ReadError as exc:
-            report.failed.append((str(file), str(exc)))
-            progress(f"failed {file}: {exc}")
-            continue
-        chunks = []
-        for ordinal, piece in enumerate(pieces):
-            verdict = parts.injection.check_sync(piece.text)
-            chunks.append(
-                Chunk(
-                    id=point_id(name, ordinal, piece.content_hash),
-                    text=piece.text,
-                    path=name,
-                    section=piece.section,
-                    page=document.page_at(piece.start),
-                    start=piece.start,
-                    end=piece.end,
-                    content_hash=piece.content_hash,
-                    file_hash=file_hash,
-                    injection_score=verdict.score,
-                    injection_categories=verdict.categories if verdict.flagged else (),
-                )
-            )
-        report.chunks_flagged += sum(c.flagged for c in chunks)
+            for file in files:
+                prepared.put(_prepare(file, names[file], root, parts, states))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
+            prepared.put(exc)
+        finally:
+            prepared.put(_DONE)
+
+    producer = threading.Thread(target=produce, name="ingest-reader", daemon=True)
+    producer.start()
+
+    files_done = 0
+    pending: list[Chunk] = []
+    unwritten: dict[str, int] = {}
+    in_flight: dict[str, _Prepared] = {}
+
+    def advance(message: str) -> None:
+        nonlocal files_done
+        files_done += 1
+        progress(IngestProgress(files_done, len(files), report.chunks_written, message))
+
+    def write(batch: list[Chunk]) -> None:
         # The heading path goes into the embedding: "Sick leave" under "Leave" finds
         # questions about leave even when the paragraph never repeats the word.
         vectors = parts.embedder.embed_documents(
-            [f"{c.section}\n{c.text}" if c.section else c.text for c in chunks]
+            [f"{c.section}\n{c.text}" if c.section else c.text for c in batch]
         )
-        parts.store.upsert(chunks, vectors, [len(chunks)] * len(chunks))
-        parts.store.delete_file(name, keep_file_hash=file_hash)
-        report.chunks_written += len(chunks)
-        (report.updated if state else report.added).append(name)
-        progress(f"{'updated' if state else 'added'} {name} ({len(chunks)} chunks)")
+        parts.store.upsert(batch, vectors, [len(in_flight[c.path].chunks) for c in batch])
+        report.chunks_written += len(batch)
+        for chunk in batch:
+            unwritten[chunk.path] -= 1
+            if unwritten[chunk.path] == 0:
+                done = in_flight.pop(chunk.path)
+                # Only now, with every new chunk stored, do the file's old chunks go: a crash
+                # before this line leaves old and new, which the rerun resolves.
+                parts.store.delete_file(done.name, keep_file_hash=done.file_hash)
+                (report.updated if done.is_update else report.added).append(done.name)
+                verb = "updated" if done.is_update else "added"
+                advance(f"{verb} {done.name} ({len(done.chunks)} chunks)")
+
+    while (item := prepared.get()) is not _DONE:
+        if isinstance(item, BaseException):
+            raise item
+        if item.status == "unchanged":
+            report.unchanged.append(item.name)
+            advance(f"unchanged {item.name}")
+            continue
+        if item.status == "failed":
+            report.failed.append((str(item.file), item.reason))
+            advance(f"failed {item.file}: {item.reason}")
+            continue
+        report.chunks_flagged += sum(c.flagged for c in item.chunks)
+        in_flight[item.name] = item
+        unwritten[item.name] = len(item.chunks)
+        pending.extend(item.chunks)
+        while len(pending) >= WRITE_BATCH:
+            write(pending[:WRITE_BATCH])
+            pending = pending[WRITE_BATCH:]
+    if pending:
+        write(pending)
+    producer.join()
 
     if prune:
         prefix = f"{root.name}/"
+        seen = set(names.values())
         for name in sorted(states):
             if name.startswith(prefix) and name not in seen:
                 parts.store.delete_file(name)
                 report.removed.append(name)
-                progress(f"removed {name}")
+                progress(
+                    IngestProgress(files_done, len(files), report.chunks_written, f"removed {name}")
+                )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _prepare(
+    file: Path, name: str, root: Path, parts: IngestParts, states: dict[str, FileState]
+) -> _Prepared:
+    limits = parts.settings
+    try:
+        if file.is_symlink() and not file.resolve().is_relative_to(root):
+            # A link out of the folder would ingest whatever it points at (~/.ssh, /etc).
+            raise ReadError(f"symlink to {file.resolve()}, outside the ingested folder")
+        size = file.stat().st_size
+        if size > limits.max_file_bytes:
+            raise ReadError(
+                f"{size} bytes is over the limit of {limits.max_file_bytes} (ingest.max_file_bytes)"
+            )
+        file_hash = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+        state = states.get(name)
+        if state and state.file_hashes == {file_hash} and state.points == state.expected_points:
+            return _Prepared(name, file, "unchanged")
+        document = read_document(file, ReadLimits(limits.max_pdf_pages, limits.max_unzipped_bytes))
+        tokenizer = parts.embedder.tokenizer
+        pieces = chunk_text(
+            document.text,
+            lambda text: len(tokenizer.encode(text, add_special_tokens=False, verbose=False)),
+            limits.chunk_tokens,
+            limits.chunk_overlap_tokens,
+            markdown=document.markdown,
+        )
+        if not pieces:
+            raise ReadError("no text in the file")
+    except ReadError as exc:
+        return _Prepared(name, file, "failed", reason=str(exc))
+    except OSError as exc:
+        return _Prepared(name, file, "failed", reason=f"cannot read: {exc.strerror or exc}")
+    chunks = []
+    for ordinal, piece in enumerate(pieces):
+        verdict = parts.injection.check_sync(piece.text)
+        chunks.append(
+            Chunk(
+                id=point_id(name, ordinal, piece.content_hash),
+                text=piece.text,
+                path=name,
+                section=piece.section,
+                page=document.page_at(piece.start),
+                start=piece.start,
+                end=piece.end,
+                content_hash=piece.content_hash,
+                file_hash=file_hash,
+                injection_score=verdict.score,
+                injection_categories=verdict.categories if verdict.flagged else (),
+            )
+        )
+    return _Prepared(name, file, "chunks", tuple(chunks), state is not None, file_hash)
 
 
 def build_ingest_parts(settings: Settings) -> IngestParts:

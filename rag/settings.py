@@ -61,6 +61,9 @@ class IngestSettings(_Section):
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 30
     max_file_bytes: int = 20_000_000
+    max_pdf_pages: int = 2000
+    # A DOCX is a zip: refuse one that would unpack to more than this (decompression bombs).
+    max_unzipped_bytes: int = 200_000_000
     extensions: tuple[str, ...] = (".md", ".markdown", ".txt", ".pdf", ".docx", ".html", ".htm")
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ingest.run import IngestError, build_ingest_parts, ingest_folder
+from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
 from rag.compose import build_pipeline, build_store
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
@@ -86,7 +88,36 @@ def ingest(
     try:
         with console.status("loading the embedder…"):
             parts = build_ingest_parts(settings)
-        report = ingest_folder(path, parts, prune=prune, progress=lambda line: console.log(line))
+        if console.is_terminal:
+            with Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("files · {task.fields[chunks]} chunks · {task.fields[rate]} chunks/s"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("ingesting", total=None, chunks=0, rate="-")
+                started = time.perf_counter()
+
+                def show(p: IngestProgress) -> None:
+                    rate = p.chunks_written / max(time.perf_counter() - started, 1e-6)
+                    bar.update(
+                        task,
+                        completed=p.files_done,
+                        total=p.files_total,
+                        chunks=p.chunks_written,
+                        rate=f"{rate:.0f}",
+                    )
+                    if p.message.startswith("failed"):
+                        bar.console.log(p.message)
+
+                report = ingest_folder(path, parts, prune=prune, progress=show)
+        else:
+            # Not a terminal (CI, a log file): one plain line per file.
+            report = ingest_folder(
+                path, parts, prune=prune, progress=lambda p: console.log(p.message)
+            )
         parts.store.close()
     except USER_ERRORS as exc:
         _fail(exc)
