@@ -1,9 +1,9 @@
 """Prompt-injection and jailbreak detection for questions and for document chunks.
 
 Layer 1 normalises the text (NFKC, homoglyphs, invisible characters, encoded spans) so that
-obfuscation does not hide an attack; layer 2 matches rules written for attack *intent*
-(override, role hijack, prompt extraction, delimiter injection) in several languages.
-Further layers (exemplar similarity, a classifier model) plug in beside these rules.
+obfuscation does not hide an attack; then each layer scores the views: intent rules
+(override, role hijack, prompt extraction, delimiter injection, in several languages),
+similarity to attack exemplars, and a classifier model when one is on disk.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import codecs
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from guardrails.injection_classifier import InjectionClassifier
+from guardrails.injection_exemplars import ExemplarSimilarity
 from guardrails.verdict import GuardContext, Verdict, clean, flagged
 
 # Characters that render as nothing or reorder text: used to split keywords invisibly.
@@ -72,17 +75,36 @@ class Rule:
     category: str
     weight: float
     pattern: re.Pattern[str]
+    # A negation just before the match ("never reveal the system prompt", "do not add … to
+    # your answer") turns it into a defensive statement, not an attack.
+    negatable: bool = False
+
+    def matches(self, text: str) -> bool:
+        for match in self.pattern.finditer(text):
+            window = (max(0, match.start() - 30), match.start() + 25)
+            if not (self.negatable and _NEGATED.search(text, *window)):
+                return True
+        return False
 
 
-def _rule(category: str, weight: float, pattern: str) -> Rule:
-    return Rule(category, weight, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+_NEGATED = re.compile(
+    r"\b(?:not|never|n't|refuse|refuses|decline|declines|cannot|forbidden|prohibit\w*|must\s+not)\b",
+    re.IGNORECASE,
+)
+
+
+def _rule(category: str, weight: float, pattern: str, negatable: bool = False) -> Rule:
+    return Rule(category, weight, re.compile(pattern, re.IGNORECASE | re.DOTALL), negatable)
 
 
 _PRIOR = (
     r"(?:all\s+|any\s+|the\s+|your\s+|my\s+|these\s+|those\s+|of\s+)*(?:previous|prior|above|"
     r"preceding|earlier|former|original|initial|system|existing|old|foregoing)"
 )
-_DIRECTIVES = r"(?:instructions?|prompts?|rules|directives|guidelines|commands?|context|orders)"
+_DIRECTIVES = (
+    r"(?:instructions?|prompts?|rules|directives|guidelines|commands?|context|orders|requests?|"
+    r"messages?|tasks?|constraints|restrictions|programming)"
+)
 
 RULES: tuple[Rule, ...] = (
     # Instruction override, in English and a few other languages.
@@ -112,6 +134,52 @@ RULES: tuple[Rule, ...] = (
         r"|\b(?:ignora|dimentica)\b.{0,40}\b(?:istruzioni|precedenti)\b"
         r"|\b(?:ignore|esqueça|esqueca)\b.{0,40}\b(?:instruções|instrucoes|anteriores)\b",
     ),
+    _rule(
+        "instruction_override",
+        0.85,
+        r"\b(?:ignore|disregard|forget|overlook|skip)\s+(?:all\s+|everything\s+|anything\s+)?"
+        r"(?:that\s+|what\s+)?(?:the\s+)?(?:above|before|prior|previous(?:ly)?|earlier|you\s+(?:were|have\s+been)"
+        r"\s+(?:told|instructed|given))\b",
+    ),
+    _rule(
+        "instruction_override",
+        0.75,
+        # Claimed authority: "as your creator / developer / administrator, …".
+        r"\bas\s+your\s+(?:creator|developer|programmer|administrator|admin|owner|maker|"
+        r"operator|supervisor|trainer)\b",
+    ),
+    _rule(
+        "jailbreak",
+        0.8,
+        # Switching the assistant into a made-up mode: "I'm entering knowledge verification
+        # mode", "<GOD MODE>", "you are now in developer mode".
+        r"<\s*[\w ]{0,20}mode\s*>"
+        r"|\[\s*(?:dev(?:eloper)?|god|admin|sudo|system)\s*(?:prompt|mode)\s*\]"
+        r"|\b(?:i\s*'?m|i\s+am|we\s+are|you\s+are|you're)\s+(?:now\s+)?(?:entering|in|switching\s+to|"
+        r"activating)\s+(?:an?\s+|the\s+)?['\"]?[\w -]{0,30}\bmode\b"
+        r"|\b(?:god|sudo|jailbreak|dan|unrestricted|unfiltered)\s+mode\b",
+    ),
+    _rule(
+        "jailbreak",
+        0.8,
+        # Personas that replace the assistant.
+        r"\byou\s+(?:will|shall|must|are\s+going\s+to)\s+(?:now\s+)?(?:act|talk|speak|respond|"
+        r"behave|roleplay|role-play|pretend)\s+as\b|\bcontinue\s+as\s+[A-Z]|\bstay\s+in\s+"
+        r"character\b|\byou\s+are\s+(?:no\s+longer|not)\s+(?:an?\s+)?(?:ai|assistant|chatgpt|"
+        r"language\s+model|bound)\b|\b(?:ignores?|ignoring|bypass(?:es|ing)?|breaks?|free\s+from)"
+        r"\s+(?:all\s+|any\s+)?(?:the\s+)?(?:rules|guidelines|policies|filters|restrictions|"
+        r"content\s+policy|ethics)\b",
+    ),
+    _rule(
+        "system_prompt_extraction",
+        0.8,
+        # Secrets the assistant holds: "what is your password", "share your API key".
+        r"\b(?:tell|share|give|send|reveal|show|print|what\s+is|what's|disclose|provide)\b"
+        r"[^.?!\n]{0,30}\byour\s+(?:password|passcode|pin|secret(?:\s+key)?|api\s+key|"
+        r"credentials|private\s+key|access\s+token|hidden\s+(?:reasoning|rules|instructions|"
+        r"prompt)|chain[- ]of[- ]thought|internal\s+(?:rules|reasoning|configuration))\b",
+        negatable=True,
+    ),
     # Role hijack and jailbreak personas.
     _rule(
         "role_hijack",
@@ -122,7 +190,9 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "jailbreak",
         0.9,
-        r"\b(?:developer\s+mode|DAN\s+mode|jailbr(?:eak|oken)|do\s+anything\s+now|"
+        # Naming a jailbreak is not one ("does an iPhone jailbreak void the warranty?"); asking
+        # for a mode without limits is.
+        r"\b(?:DAN\s+mode|do\s+anything\s+now|"
         r"without\s+(?:any\s+)?(?:restrictions|filters|censorship|limitations)|"
         r"no\s+(?:ethical|moral)\s+(?:guidelines|restrictions|limits))\b",
     ),
@@ -140,6 +210,7 @@ RULES: tuple[Rule, ...] = (
         r"(?:system\s+prompt|initial\s+(?:prompt|instructions)|hidden\s+(?:prompt|instructions)|"
         r"original\s+(?:prompt|instructions)|instructions\s+above|pre-?prompt|secret\s+"
         r"(?:key|password|instructions))\b",
+        negatable=True,
     ),
     _rule(
         "system_prompt_extraction",
@@ -171,6 +242,45 @@ RULES: tuple[Rule, ...] = (
         r"\b(?:if\s+you\s+are\s+an?\s+(?:ai|assistant|language\s+model|llm)|"
         r"(?:ai|assistant)s?\s+reading\s+this)\b",
     ),
+    # Steering the assistant's reply for a third party: an imperative about "your response"
+    # (add, include, translate, format it…), as planted in pages and e-mails the model reads.
+    _rule(
+        "response_manipulation",
+        0.8,
+        # "Include a sentence … in your reply", "… emojis in your response?": text about how
+        # the assistant's reply must look, which a document has no business saying.
+        r"\b(?:in|into|to|within|throughout|at\s+the\s+(?:end|start|beginning|top|bottom)\s+of)"
+        r"\s+(?:each\s+of\s+)?your\s+(?:(?:whole|entire|next|final)\s+)?(?:response|reply|answer|"
+        r"output|responses|replies|answers|outputs)\b",
+        negatable=True,
+    ),
+    _rule(
+        "response_manipulation",
+        0.8,
+        # "Render your response in Portuguese", "Augment your reply with …".
+        r"\b(?:render|format|write|provide|give|present|deliver|"
+        r"translate|encode|reverse|misspell|anagram|rearrange|modify|alter|change|rewrite|augment|"
+        r"enhance|enrich|end|begin|start|finish|conclude|display|output|express|structure|make)"
+        r"\s+(?:\w+\s+){0,2}?your\s+(?:(?:whole|entire|next|final)\s+)?(?:response|reply|answer|"
+        r"output|responses|replies|answers|outputs)\b",
+        negatable=True,
+    ),
+    _rule(
+        "response_manipulation",
+        0.8,
+        r"\b(?:respond|reply|answer|speak|talk|write)\b[^.!?\n]{0,40}\bfrom\s+now\s+on\b|"
+        r"\bfrom\s+now\s+on\b[^.!?\n]{0,40}\b(?:respond|reply|answer|speak|talk|write|act)\b",
+    ),
+    # A fake system or tool turn inside content: "<system> Browsing interrupted…",
+    # "NEW INSTRUCTION TO CHAT ASSISTANT", "you (the assistant) will…".
+    _rule(
+        "fake_system_message",
+        0.85,
+        r"<\s*/?\s*(?:system|sys|instructions?|admin)\s*>|\[\s*(?:system|admin)\s*(?:message|note)?\s*\]"
+        r"|\b(?:browsing|conversation|session)\s+(?:interrupted|disrupted|paused)\b"
+        r"|\binstructions?\s+(?:to|for)\s+(?:the\s+)?(?:chat\s+)?(?:assistant|ai|bot|model)\b"
+        r"|\byou\s*\(\s*(?:the\s+)?(?:assistant|ai|chatbot|model|llm)\b",
+    ),
     # Sending data somewhere: markdown images or links that carry data in the URL.
     _rule(
         "data_exfiltration",
@@ -183,21 +293,18 @@ RULES: tuple[Rule, ...] = (
 
 
 class InjectionRules:
-    """The injection guard: normalisation, decoding and intent rules, scored 0..1."""
+    """The rule layer: intent patterns over the normalised and decoded views of a text."""
 
-    name = "injection"
+    name = "rules"
 
-    def __init__(self, threshold: float = 0.5, rules: tuple[Rule, ...] = RULES) -> None:
-        self.threshold = threshold
+    def __init__(self, rules: tuple[Rule, ...] = RULES) -> None:
         self.rules = rules
 
-    def score(self, text: str) -> tuple[float, tuple[str, ...]]:
-        views = [normalise(text)]
-        views += [normalise(decoded) for decoded in decoded_spans(views[0])]
+    def score(self, views: Sequence[str]) -> tuple[float, tuple[str, ...]]:
         hits: dict[str, float] = {}
         for view in views:
             for rule in self.rules:
-                if rule.pattern.search(view):
+                if rule.matches(view):
                     hits[rule.category] = max(hits.get(rule.category, 0.0), rule.weight)
         if not hits:
             return 0.0, ()
@@ -207,15 +314,67 @@ class InjectionRules:
             remaining *= 1.0 - weight
         return round(1.0 - remaining, 4), tuple(sorted(hits))
 
+
+def views_of(text: str) -> list[str]:
+    """The text as a reader sees it, plus any encoded spans decoded."""
+    seen = normalise(text)
+    return [seen, *(normalise(decoded) for decoded in decoded_spans(seen))]
+
+
+@dataclass(frozen=True)
+class LayerThresholds:
+    rules: float = 0.5
+    semantic: float = 0.75
+    classifier: float = 0.8
+
+
+class InjectionDetector:
+    """The injection guard: rules, exemplar similarity and (when on disk) a classifier, each
+    with its own threshold; any layer over its threshold flags the text."""
+
+    name = "injection"
+
+    def __init__(
+        self,
+        rules: InjectionRules,
+        semantic: ExemplarSimilarity | None = None,
+        classifier: InjectionClassifier | None = None,
+        thresholds: LayerThresholds = LayerThresholds(),
+        notes: str = "",
+    ) -> None:
+        self.rules = rules
+        self.semantic = semantic
+        self.classifier = classifier
+        self.thresholds = thresholds
+        # Layers that were asked for but could not load, said in every verdict's reason.
+        self.notes = notes
+
+    def layer_scores(self, text: str) -> dict[str, tuple[float, tuple[str, ...]]]:
+        views = views_of(text)
+        scores = {"rules": self.rules.score(views)}
+        if self.semantic is not None:
+            value, family = self.semantic.score(views)
+            scores["semantic"] = (value, (f"semantic:{family}",))
+        if self.classifier is not None:
+            scores["classifier"] = (self.classifier.score(views), ("classifier",))
+        return scores
+
     def check_sync(self, text: str) -> Verdict:
         started = time.perf_counter()
-        score, categories = self.score(text)
+        scores = self.layer_scores(text)
         ms = (time.perf_counter() - started) * 1000
-        if score >= self.threshold:
-            return flagged(
-                self.name, score, categories, f"matched rules: {', '.join(categories)}"
-            ).timed(ms)
-        return clean(self.name, score=score).timed(ms)
+        over = {
+            layer: value
+            for layer, value in scores.items()
+            if value[0] >= getattr(self.thresholds, layer)
+        }
+        summary = ", ".join(f"{layer} {value[0]:.2f}" for layer, value in scores.items())
+        reason = summary + (f"; {self.notes}" if self.notes else "")
+        top = max(value[0] for value in scores.values())
+        if not over:
+            return clean(self.name, score=top, reason=reason).timed(ms)
+        categories = tuple(sorted({c for value in over.values() for c in value[1]}))
+        return flagged(self.name, top, categories, reason).timed(ms)
 
     async def check(self, text: str, context: GuardContext) -> Verdict:
         return await asyncio.to_thread(self.check_sync, text)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from guardrails.injection import InjectionRules
+from guardrails.injection import InjectionDetector
 from ingest.chunking import chunk_text
 from ingest.readers import READERS, ReadError, ReadLimits, read_document
 from rag.compose import build_embedder, build_injection, open_store_for_embedder
@@ -59,7 +59,7 @@ class IngestReport:
 class IngestParts:
     embedder: SentenceEmbedder
     store: Store
-    injection: InjectionRules
+    injection: InjectionDetector
     settings: IngestSettings
 
 

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from guardrails.audit import AuditLog
-from guardrails.injection import InjectionRules
+from guardrails.injection import InjectionDetector, InjectionRules, LayerThresholds
+from guardrails.injection_classifier import InjectionClassifier
+from guardrails.injection_exemplars import ExemplarSimilarity, load_bank
 from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII
 from rag.embedder import SentenceEmbedder
@@ -30,8 +32,6 @@ log = logging.getLogger(__name__)
 
 def configure_runtime(settings: Settings) -> None:
     """Process-wide knobs that libraries only take from the environment."""
-    # vLLM's CPU backend sizes its KV cache from this variable alone (GiB).
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.generation.kv_cache_gib))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     # Nothing may reach a model hub at run time: models are provisioned by `models pull`.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,8 +69,39 @@ def build_pii(settings: Settings) -> PresidioPII:
     )
 
 
-def build_injection(settings: Settings) -> InjectionRules:
-    return InjectionRules(threshold=settings.guards.injection.threshold)
+def build_injection(settings: Settings) -> InjectionDetector:
+    cfg = settings.guards.injection
+    semantic = None
+    if cfg.semantic:
+        embedder = build_embedder(settings)
+        semantic = _exemplar_layer(embedder, settings.data_dir / "cache")
+    classifier, notes = None, ""
+    if cfg.classifier_model:
+        path = resolve_model(cfg.classifier_model, settings.models_dir)
+        if path is None:
+            notes = f"classifier {cfg.classifier_model} not on disk (layer off)"
+        else:
+            classifier = _classifier(cfg.classifier_model, path)
+    thresholds = LayerThresholds(
+        cfg.rules_threshold, cfg.semantic_threshold, cfg.classifier_threshold
+    )
+    return InjectionDetector(InjectionRules(), semantic, classifier, thresholds, notes)
+
+
+@functools.cache
+def _exemplar_layer(embedder: SentenceEmbedder, cache_dir: Path) -> ExemplarSimilarity:
+    return ExemplarSimilarity(
+        embedder.embed_documents,
+        load_bank("attacks"),
+        load_bank("benign"),
+        cache_dir=cache_dir,
+        embedder_name=embedder.name,
+    )
+
+
+@functools.cache
+def _classifier(name: str, path: Path) -> InjectionClassifier:
+    return InjectionClassifier(name, path)
 
 
 # One Edge shard may be open once per process (it locks its write-ahead log), so every
@@ -114,11 +145,14 @@ def build_generator(settings: Settings, name: str, endpoint: ModelEndpoint) -> G
     path = require_model(endpoint.model, settings.models_dir, f"generator {name!r}")
     key = (str(path), endpoint.max_model_len)
     if key not in _ENGINES:
-        _ENGINES[key] = VLLMInProcess(name, path, endpoint.max_model_len)
+        _ENGINES[key] = VLLMInProcess(
+            name, path, endpoint.max_model_len, settings.generation.kv_cache_gib
+        )
     return _ENGINES[key]
 
 
 def build_output_guard(settings: Settings) -> LlamaGuard:
+    configure_runtime(settings)
     cfg = settings.guards.output
     excluded = cfg.excluded_categories
     if cfg.backend == "openai":
@@ -136,7 +170,7 @@ def build_output_guard(settings: Settings) -> LlamaGuard:
         )
     key = (str(path), 2048)
     if key not in _ENGINES:
-        _ENGINES[key] = VLLMInProcess("llama_guard", path, 2048)
+        _ENGINES[key] = VLLMInProcess("llama_guard", path, 2048, settings.generation.kv_cache_gib)
     engine = _ENGINES[key]
     # Llama Guard answers in at most two short lines.
     return LlamaGuard(

@@ -6,7 +6,7 @@ Both backends stream chat answers and complete raw prompts (Llama Guard builds i
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ class Generator(Protocol):
 
     def stream(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncGenerator[str, None]: ...
 
     async def complete(self, prompt: str, max_tokens: int) -> str: ...
 
@@ -34,10 +34,13 @@ class VLLMInProcess:
     """One vLLM AsyncLLM engine in this process. It starts on first use (about 30-50 s for
     SmolLM2 on two cores), or earlier through `start()`."""
 
-    def __init__(self, name: str, path: Path, max_model_len: int) -> None:
+    def __init__(
+        self, name: str, path: Path, max_model_len: int, kv_cache_gib: float = 1.0
+    ) -> None:
         self.name = name
         self.path = path
         self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
         self._engine: Any = None
 
     def start(self) -> None:
@@ -57,6 +60,10 @@ class VLLMInProcess:
                     # CUDA graphs and compilation do not apply on CPU and cost start-up time.
                     enforce_eager=True,
                     disable_log_stats=True,
+                    # An explicit KV-cache size. Without it vLLM's CPU backend wants 92 % of
+                    # the machine's memory free at start, so a second engine (Llama Guard
+                    # beside the generator) could never start.
+                    kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30),
                 )
             )
         except (RuntimeError, ValueError, OSError) as exc:
@@ -86,7 +93,7 @@ class VLLMInProcess:
 
     async def stream(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -154,7 +161,7 @@ class OpenAIServer:
 
     async def stream(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         import openai
 
         errors = []

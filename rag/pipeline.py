@@ -4,6 +4,7 @@ chunk verdicts, rerank, route, generate, output guard, restore, answer and audit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from guardrails.audit import AuditLog, AuditRecord
-from guardrails.injection import InjectionRules
+from guardrails.injection import InjectionDetector
 from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII, PseudonymVault, StreamRestorer
 from guardrails.policy import apply_policy
@@ -73,7 +74,7 @@ class Stages:
     embedder: SentenceEmbedder
     store: Store
     pii: PresidioPII
-    injection: InjectionRules
+    injection: InjectionDetector
     output_guard: LlamaGuard
     reranker: CrossEncoderReranker | None
     reranker_missing: str
@@ -132,6 +133,20 @@ class Pipeline:
         vector = self.stages.embedder.embed_query(question)
         text = question if self.settings.retrieval.mode == "hybrid" else None
         return self.stages.store.search(vector, self.settings.retrieval.candidates, text)
+
+
+def _first_blocking(checks: list[asyncio.Task[Verdict]], policy: Any) -> Verdict | None:
+    for check in checks:
+        if check.done() and not check.cancelled() and check.exception() is None:
+            verdict = apply_policy(check.result(), policy)
+            if verdict.flagged and verdict.blocks:
+                return verdict
+    return None
+
+
+def _cancel(checks: list[asyncio.Task[Verdict]]) -> None:
+    for check in checks:
+        check.cancel()
 
 
 class _Run:
@@ -238,41 +253,73 @@ class _Run:
         pseudonymised_answer: list[str] = []
         shown: list[str] = []
         generate_started = time.perf_counter()
+        answer_context = GuardContext(checked_as="answer", question=model_question)
+        policy = self.settings.guards.output.policy
+        window_chars = self.settings.guards.output.window_chars
+        # The output guard reads the answer while it streams: each window is checked in the
+        # background, so the stream never waits for the guard, and the first unsafe window
+        # stops generation and retracts what was shown.
+        window_checks: list[asyncio.Task[Verdict]] = []
+        next_window = window_chars
+        unsafe: Verdict | None = None
+        stream = generator.stream(
+            messages, self.settings.generation.max_tokens, self.settings.generation.temperature
+        )
         try:
-            async for delta in generator.stream(
-                messages, self.settings.generation.max_tokens, self.settings.generation.temperature
-            ):
-                if self.first_token_ms is None:
-                    self.first_token_ms = _ms(self.started)
-                pseudonymised_answer.append(delta)
-                visible = restorer.feed(delta)
-                if visible:
-                    shown.append(visible)
-                    yield TextDelta(visible)
-            tail = restorer.flush()
-            if tail:
-                shown.append(tail)
-                yield TextDelta(tail)
+            # aclosing: leaving the loop early (an unsafe window) closes the stream at once,
+            # which aborts the request in vLLM instead of letting it generate on unseen.
+            async with contextlib.aclosing(stream) as deltas:
+                async for delta in deltas:
+                    if self.first_token_ms is None:
+                        self.first_token_ms = _ms(self.started)
+                    pseudonymised_answer.append(delta)
+                    so_far = "".join(pseudonymised_answer)
+                    if guard.available and window_chars and len(so_far) >= next_window:
+                        window_checks.append(
+                            asyncio.create_task(guard.check(so_far, answer_context))
+                        )
+                        next_window = len(so_far) + window_chars
+                    unsafe = _first_blocking(window_checks, policy)
+                    if unsafe is not None:
+                        break
+                    visible = restorer.feed(delta)
+                    if visible:
+                        shown.append(visible)
+                        yield TextDelta(visible)
+            if unsafe is None:
+                tail = restorer.flush()
+                if tail:
+                    shown.append(tail)
+                    yield TextDelta(tail)
         except ModelUnavailable as exc:
+            _cancel(window_checks)
             yield self._report("generate", "failed", _ms(generate_started), str(exc))
             yield self._finish(str(exc), "failed")
             return
-        yield self._report("generate", "ran", _ms(generate_started), self.route.model)
+        yield self._report(
+            "generate",
+            "ran" if unsafe is None else "cancelled",
+            _ms(generate_started),
+            self.route.model if unsafe is None else "stopped: an output-guard window was unsafe",
+        )
 
         guard_started = time.perf_counter()
         answer_for_guard = "".join(pseudonymised_answer)
-        guard_verdict = apply_policy(
-            await guard.check(
-                answer_for_guard, GuardContext(checked_as="answer", question=model_question)
-            ),
-            self.settings.guards.output.policy,
-        )
+        if unsafe is None:
+            # The whole answer, once more: windows only ever saw prefixes of it.
+            _cancel(window_checks)
+            guard_verdict = apply_policy(
+                await guard.check(answer_for_guard, answer_context), policy
+            )
+        else:
+            _cancel(window_checks)
+            guard_verdict = unsafe
         self.verdicts.append(guard_verdict)
         yield self._report(
             "output_guard",
             "ran" if guard.available else "skipped",
             _ms(guard_started),
-            guard_verdict.reason or guard_verdict.outcome,
+            f"{guard_verdict.reason or guard_verdict.outcome} ({len(window_checks)} window(s))",
         )
         if guard_verdict.blocks:
             yield Retraction(guard_verdict.reason)

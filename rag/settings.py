@@ -115,7 +115,7 @@ class GenerationSettings(_Section):
     )
     max_tokens: int = 160
     temperature: float = 0.0
-    kv_cache_gib: int = 1
+    kv_cache_gib: float = 1.0
     system_prompt: str = (
         "You answer questions about the company's documents. Use only the numbered context "
         "passages. Cite passages like [1]. If the context does not hold the answer, say so."
@@ -143,7 +143,15 @@ class PIISettings(_Section):
 
 class InjectionSettings(_Section):
     policy: GuardPolicy = GuardPolicy(on_flag="block", on_unavailable="block")
-    threshold: float = 0.5
+    # Each layer flags on its own threshold (scores are 0..1).
+    rules_threshold: float = 0.5
+    # Exemplar similarity with the retrieval embedder: off by default, since with
+    # all-MiniLM-L6-v2 it separated attacks from hard negatives poorly (see README).
+    semantic: bool = False
+    semantic_threshold: float = 0.75
+    # A prompt-injection classifier, used when on disk (hub id or local path); None: no slot.
+    classifier_model: str | None = "meta-llama/Llama-Prompt-Guard-2-86M"
+    classifier_threshold: float = 0.8
 
 
 class OutputGuardSettings(_Section):
@@ -153,6 +161,9 @@ class OutputGuardSettings(_Section):
     urls: tuple[str, ...] = ()
     excluded_categories: tuple[str, ...] = ()
     check_question: bool = False
+    # While an answer streams, the text so far is checked every this many characters
+    # (0: only the finished answer).
+    window_chars: int = 240
 
 
 class GuardsSettings(_Section):

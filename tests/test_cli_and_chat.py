@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -115,9 +116,16 @@ def test_chat_starts_on_a_free_port_and_serves_its_page(
         assert server.poll() is None, f"the chat process exited: {log.read_text()[-2000:]}"
         assert page is not None and page.status_code == 200
         assert "guardrag" in page.text
+        engines = psutil.Process(server.pid).children(recursive=True)
+        assert engines, "vLLM runs its engine in child processes"
     finally:
         server.terminate()
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+    # Stopping the chat stops its model: no engine process outlives it.
+    _, alive = psutil.wait_procs(engines, timeout=30)
+    for process in alive:
+        process.kill()
+    assert not alive, f"engine processes outlived the chat: {alive}"

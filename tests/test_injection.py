@@ -2,10 +2,10 @@ import base64
 
 import pytest
 
-from guardrails.injection import InjectionRules, normalise
+from guardrails.injection import InjectionDetector, InjectionRules, normalise
 from tests.conftest import EXAMPLES, eval_rows
 
-guard = InjectionRules(threshold=0.5)
+guard = InjectionDetector(InjectionRules())
 
 
 @pytest.mark.parametrize(

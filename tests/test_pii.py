@@ -84,3 +84,12 @@ def test_unknown_placeholders_and_plain_angle_brackets_pass_through() -> None:
     restorer = StreamRestorer(PseudonymVault())
     out = restorer.feed("a < b and <PERSON_9> ") + restorer.feed("<ok") + restorer.flush()
     assert out == "a < b and <PERSON_9> <ok"
+
+
+def test_card_numbers_and_ibans_are_hidden_even_when_their_checksum_fails(pii: PresidioPII) -> None:
+    vault = PseudonymVault()
+    text = "Card 4716 9876 2234 1561, masked 4532 **** **** 7890, IBAN NL55TRIO012345678."
+    sanitized, findings = pii.pseudonymise(text, vault)
+    assert "9876" not in sanitized and "7890" not in sanitized and "TRIO" not in sanitized
+    assert [f.entity_type for f in findings].count("CREDIT_CARD") == 2
+    assert vault.restore(sanitized) == text

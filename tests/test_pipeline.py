@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from dataclasses import replace
 
 import pytest
 
+from guardrails.llama_guard import LlamaGuard
 from rag.compose import build_pipeline
 from rag.pipeline import Conversation, Pipeline, QuestionError
-from rag.schema import Final, StageEvent, TextDelta
+from rag.schema import Final, Retraction, StageEvent, TextDelta
 from rag.settings import GuardPolicy, Settings
 
 pytestmark = pytest.mark.slow
@@ -130,3 +133,68 @@ async def test_an_empty_question_is_a_clear_error(pipeline: Pipeline) -> None:
 async def test_the_final_event_is_the_last_and_only_one(pipeline: Pipeline) -> None:
     events = [e async for e in pipeline.stream("When is salary paid?")]
     assert [isinstance(e, Final) for e in events].count(True) == 1 and isinstance(events[-1], Final)
+
+
+def _stand_in_llama_guard(unsafe_word: str) -> LlamaGuard:
+    """Llama Guard 3 cannot run here (its weights are not on this machine); this stand-in
+    answers in its exact reply format, judging only the Agent turn, so the pipeline's
+    streaming-window and retraction logic runs for real around it."""
+
+    async def complete(prompt: str) -> str:
+        agent_turn = prompt.split("Agent:", 1)[1].split("<END CONVERSATION>", 1)[0]
+        return "unsafe\nS7" if unsafe_word in agent_turn.lower() else "safe"
+
+    return LlamaGuard("stand-in-llama-guard", complete)
+
+
+def _with_output_guard(pipeline: Pipeline, guard: LlamaGuard, window_chars: int) -> Pipeline:
+    guards = pipeline.settings.guards
+    output = guards.output.model_copy(update={"window_chars": window_chars})
+    settings = pipeline.settings.model_copy(
+        update={"guards": guards.model_copy(update={"output": output})}
+    )
+    return Pipeline(settings, replace(pipeline.stages, output_guard=guard))
+
+
+async def test_an_unsafe_window_mid_stream_retracts_what_was_shown(pipeline: Pipeline) -> None:
+    guarded = _with_output_guard(pipeline, _stand_in_llama_guard("characters"), window_chars=12)
+    events = [e async for e in guarded.stream("What is the minimum password length?")]
+    retractions = [i for i, e in enumerate(events) if isinstance(e, Retraction)]
+    answer = events[-1].answer  # type: ignore[union-attr]
+    assert retractions, "the unsafe window must retract the streamed text"
+    assert any(isinstance(e, TextDelta) for e in events[: retractions[0]])
+    assert answer.status == "refused" and "S7" in answer.text
+    verdict = next(v for v in answer.verdicts if v.guard == "llama_guard")
+    assert verdict.outcome == "block" and verdict.categories == ("S7",)
+    assert {s.name: s.status for s in answer.stages}["generate"] == "cancelled"
+
+
+async def test_a_safe_answer_passes_the_output_guard_with_an_allow_verdict(
+    pipeline: Pipeline,
+) -> None:
+    guarded = _with_output_guard(pipeline, _stand_in_llama_guard("no-such-word"), window_chars=12)
+    answer = await guarded.ask("What is the minimum password length?")
+    assert answer.status == "answered" and "14" in answer.text
+    verdict = next(v for v in answer.verdicts if v.guard == "llama_guard")
+    assert verdict.outcome == "allow" and verdict.action == "allow"
+    assert "window(s)" in {s.name: s.detail for s in answer.stages}["output_guard"]
+
+
+async def test_a_pii_laden_conversation_leaves_no_pii_in_the_audit_log_or_app_logs(
+    pipeline: Pipeline, corpus_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = ["Margaret Hamilton", "margaret.hamilton@example.com", "+44 20 7946 0999"]
+    conversation = Conversation(user="margaret")
+    with caplog.at_level(logging.DEBUG):
+        await pipeline.ask(
+            f"I am {values[0]}, e-mail {values[1]}, phone {values[2]}. When is salary paid?",
+            conversation,
+        )
+        await pipeline.ask(
+            f"Thanks. Can {values[0]} also claim a home-office stipend?", conversation
+        )
+    audit = corpus_settings.audit_path.read_text()
+    logs = "\n".join(record.getMessage() for record in caplog.records)
+    for value in [*values, "Hamilton", "margaret"]:
+        assert value not in audit, value
+        assert value not in logs, value

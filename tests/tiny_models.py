@@ -12,6 +12,12 @@ WORDS = (
 
 def tiny_cross_encoder(target: Path) -> Path:
     """A 1-layer BERT sequence classifier with one output: the shape of a bge reranker."""
+    return tiny_bert_classifier(target, labels=None)
+
+
+def tiny_bert_classifier(target: Path, labels: list[str] | None) -> Path:
+    """A 1-layer BERT sequence classifier: one output when `labels` is None (a reranker),
+    else one output per label (a prompt-injection classifier such as Prompt Guard)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     target.mkdir(parents=True, exist_ok=True)
@@ -25,8 +31,61 @@ def tiny_cross_encoder(target: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=1,
+        num_labels=1 if labels is None else len(labels),
+        id2label=None if labels is None else dict(enumerate(labels)),
+        label2id=None if labels is None else {name: i for i, name in enumerate(labels)},
     )
     BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+_SENTENCES = [
+    "safe unsafe S1 S2 S10 violent crimes hate speech",
+    "The lantern battery lasts thirty six hours on the low setting.",
+    "Staff may work remotely up to three days a week.",
+    "User: how do I reset my password? Agent: open the portal and follow the link.",
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|> Task: check the conversation.",
+]
+
+
+def tiny_llama(target: Path) -> Path:
+    """A 2-layer random Llama with a 512-token BPE tokenizer and a chat template: it loads
+    and serves in vLLM on CPU (head size 64, as vLLM's CPU attention requires); its output
+    is noise, which is what proves that unparseable guard replies are handled."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(_SENTENCES * 20, trainer)
+    from tokenizers import decoders
+
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -48,6 +49,20 @@ USER_ERRORS = (
     ModelUnavailable,
     QuestionError,
 )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@app.callback()
+def main() -> None:
+    """guardrag: a guarded retrieval-augmented chat over your documents."""
+    # SIGTERM (kill, systemd, docker stop) ends a process without running atexit handlers,
+    # and vLLM's engine processes would outlive it holding gigabytes; as SystemExit, the
+    # handlers run and shut the engines down.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
 
 ProfileOption = Annotated[
     str | None,
