@@ -193,23 +193,30 @@ class PresidioPII:
         return "".join(pieces), findings
 
     def check_sync(self, text: str, vault: PseudonymVault | None = None) -> Verdict:
+        return self.analyse(text, vault)[0]
+
+    def analyse(
+        self, text: str, vault: PseudonymVault | None = None
+    ) -> tuple[Verdict, list[PIIFinding]]:
+        """The verdict and the spans behind it (offsets and types, never values)."""
         started = time.perf_counter()
         if self._analyzer is None:
-            return unavailable(self.name, self._load_error)
+            return unavailable(self.name, self._load_error), []
         sanitized, findings = self.pseudonymise(
             text, vault if vault is not None else PseudonymVault()
         )
         ms = (time.perf_counter() - started) * 1000
         if not findings:
-            return clean(self.name).timed(ms)
+            return clean(self.name).timed(ms), []
         types = tuple(sorted({f.entity_type for f in findings}))
-        return flagged(
+        verdict = flagged(
             self.name,
             score=max(f.score for f in findings),
             categories=types,
             reason=f"{len(findings)} PII span(s): {', '.join(types)}",
             sanitized=sanitized,
-        ).timed(ms)
+        )
+        return verdict.timed(ms), findings
 
     async def check(
         self, text: str, context: GuardContext, vault: PseudonymVault | None = None

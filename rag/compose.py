@@ -20,6 +20,7 @@ from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII
 from rag.embedder import SentenceEmbedder
 from rag.generator import Generator, ModelUnavailable, OpenAIServer, VLLMInProcess
+from rag.guard_check import GuardChecker
 from rag.models import missing_message, require_model, resolve_model, resolve_spacy_package
 from rag.pipeline import Pipeline, Stages
 from rag.reranker import CrossEncoderReranker
@@ -231,3 +232,13 @@ def start_engines(pipeline: Pipeline) -> None:
                 generator.start()
             except ModelUnavailable as exc:
                 log.error("%s", exc)
+
+
+def build_guard_checker(settings: Settings) -> GuardChecker:
+    configure_runtime(settings)
+    return GuardChecker(
+        pii=build_pii(settings),
+        injection=build_injection(settings),
+        output_guard=build_output_guard(settings),
+        settings=settings.guards,
+    )

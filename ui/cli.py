@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
-from rag.compose import build_pipeline, build_store
+from rag.compose import build_guard_checker, build_pipeline, build_store
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
 from rag.pipeline import QuestionError, validate_question
@@ -28,6 +29,9 @@ from rag.store import StoreError
 app = typer.Typer(
     help="guardrag: a guarded retrieval-augmented chat over your documents.", no_args_is_help=True
 )
+guard_app = typer.Typer(
+    help="Run the guards on text, outside any conversation.", no_args_is_help=True
+)
 quarantine_app = typer.Typer(
     help="Chunks flagged as prompt injection at ingest.", no_args_is_help=True
 )
@@ -36,6 +40,7 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(guard_app, name="guard")
 
 console = Console()
 err = Console(stderr=True)
@@ -271,6 +276,54 @@ def quarantine_list(profile: ProfileOption = None) -> None:
             c.text[:80],
         )
     console.print(table)
+
+
+class CheckedAs(StrEnum):
+    question = "question"
+    chunk = "chunk"
+    answer = "answer"
+
+
+@guard_app.command("check")
+def guard_check(
+    text: Annotated[str | None, typer.Argument(help="The text to check.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="JSONL rows with `id` and `text`, one verdict line each."),
+    ] = None,
+    checked_as: Annotated[
+        CheckedAs, typer.Option("--as", help="What the text is: the guards and policies differ.")
+    ] = CheckedAs.question,
+    profile: ProfileOption = None,
+) -> None:
+    """Print one JSON line per text: every guard's verdict with the policy applied, the PII
+    spans found (offsets and types, never the values) and whether the text would be blocked."""
+    if (text is None) == (file is None):
+        _fail(ValueError("give either TEXT or --file F.jsonl"))
+    settings = _settings(profile)
+    try:
+        rows = [{"id": "1", "text": text}] if text is not None else _jsonl_rows(file)  # type: ignore[arg-type]
+        checker = build_guard_checker(settings)
+        for row in rows:
+            result = asyncio.run(checker.check(str(row["text"]), checked_as.value))
+            sys.stdout.write(json.dumps({"id": row.get("id"), **result}, ensure_ascii=False) + "\n")
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or "text" not in row:
+            raise IngestError(f"{path}:{number}: a row needs a `text` field")
+        rows.append(row)
+    return rows
 
 
 @models_app.command("pull")
