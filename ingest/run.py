@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from guardrails.injection import InjectionDetector
 from ingest.chunking import chunk_text
@@ -100,12 +98,6 @@ class _Prepared:
     reason: str = ""
 
 
-_DONE = object()
-# Chunks embedded and written per batch, across file boundaries: big batches keep the
-# embedder busy (one `encode` call sorts by length and pads less).
-WRITE_BATCH = 256
-
-
 def ingest_folder(
     root: Path,
     parts: IngestParts,
@@ -128,22 +120,6 @@ def ingest_folder(
     report = IngestReport(root=str(root))
     states = parts.store.file_states()
     names = {file: stored_path(root, file) for file in files}
-
-    # Reading and chunking (PDFium, tokenizers) run in one producer thread while this thread
-    # embeds and writes: the two overlap, and the queue bounds memory on big folders.
-    prepared: queue.Queue[Any] = queue.Queue(maxsize=64)
-
-    def produce() -> None:
-        try:
-            for file in files:
-                prepared.put(_prepare(file, names[file], root, parts, states))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
-            prepared.put(exc)
-        finally:
-            prepared.put(_DONE)
-
-    producer = threading.Thread(target=produce, name="ingest-reader", daemon=True)
-    producer.start()
 
     files_done = 0
     pending: list[Chunk] = []
@@ -174,9 +150,10 @@ def ingest_folder(
                 verb = "updated" if done.is_update else "added"
                 advance(f"{verb} {done.name} ({len(done.chunks)} chunks)")
 
-    while (item := prepared.get()) is not _DONE:
-        if isinstance(item, BaseException):
-            raise item
+    # Reading, chunking and scanning run in this thread, between embedding batches. A reader
+    # thread beside the embedder was measured slower on two cores: its Python work competes
+    # with torch's threads for the cores and the GIL (make bench-ingest).
+    for item in (_prepare(file, names[file], root, parts, states) for file in files):
         if item.status == "unchanged":
             report.unchanged.append(item.name)
             advance(f"unchanged {item.name}")
@@ -189,12 +166,12 @@ def ingest_folder(
         in_flight[item.name] = item
         unwritten[item.name] = len(item.chunks)
         pending.extend(item.chunks)
-        while len(pending) >= WRITE_BATCH:
-            write(pending[:WRITE_BATCH])
-            pending = pending[WRITE_BATCH:]
+        batch = parts.settings.write_batch
+        while len(pending) >= batch:
+            write(pending[:batch])
+            pending = pending[batch:]
     if pending:
         write(pending)
-    producer.join()
 
     if prune:
         prefix = f"{root.name}/"

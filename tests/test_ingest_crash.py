@@ -44,7 +44,13 @@ def _ingest_in_process(corpus: Path, settings: Settings) -> None:
 
 
 def _kill_after(corpus: Path, data_dir: Path, files_done: int, delay_s: float) -> None:
-    env = {**os.environ, "GUARDRAG_DATA_DIR": str(data_dir), "COLUMNS": "250"}
+    env = {
+        **os.environ,
+        "GUARDRAG_DATA_DIR": str(data_dir),
+        "COLUMNS": "250",
+        # Small batches, so the kills land between and inside many embed-and-write steps.
+        "GUARDRAG_INGEST__WRITE_BATCH": "48",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "ui.cli", "ingest", str(corpus)],
         cwd=ROOT,
