@@ -198,3 +198,18 @@ async def test_a_pii_laden_conversation_leaves_no_pii_in_the_audit_log_or_app_lo
     for value in [*values, "Hamilton", "margaret"]:
         assert value not in audit, value
         assert value not in logs, value
+
+
+async def test_fence_policy_passes_flagged_chunks_inside_a_marked_untrusted_block(
+    pipeline: Pipeline,
+) -> None:
+    retrieval = pipeline.settings.retrieval.model_copy(update={"flagged_chunks": "fence"})
+    fenced = Pipeline(
+        pipeline.settings.model_copy(update={"retrieval": retrieval}), pipeline.stages
+    )
+    answer = await fenced.ask("What do the supplier notes say about Brightcell Energy?")
+    sent = "\n".join(m.content for m in answer.prompt)
+    start = sent.index("<<untrusted document text")
+    end = sent.index("<<end of untrusted text>>")
+    assert start < sent.lower().index("ignore all previous instructions") < end
+    assert "fenced 1 chunk" in {s.name: s.detail for s in answer.stages}["chunk_verdicts"]
