@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity
-from guardrails.verdict import GuardContext, Verdict, clean, flagged
+from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
 
 # Characters that render as nothing or reorder text: used to split keywords invisibly.
 _INVISIBLE = re.compile(
@@ -361,7 +361,12 @@ class InjectionDetector:
 
     def check_sync(self, text: str) -> Verdict:
         started = time.perf_counter()
-        scores = self.layer_scores(text)
+        try:
+            scores = self.layer_scores(text)
+        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+            # A layer that breaks (a classifier out of memory, say) makes the verdict
+            # unavailable; the policy then decides, never a silent allow.
+            return unavailable(self.name, f"injection check failed: {type(exc).__name__}: {exc}")
         ms = (time.perf_counter() - started) * 1000
         over = {
             layer: value

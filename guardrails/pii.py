@@ -202,9 +202,12 @@ class PresidioPII:
         started = time.perf_counter()
         if self._analyzer is None:
             return unavailable(self.name, self._load_error), []
-        sanitized, findings = self.pseudonymise(
-            text, vault if vault is not None else PseudonymVault()
-        )
+        try:
+            sanitized, findings = self.pseudonymise(
+                text, vault if vault is not None else PseudonymVault()
+            )
+        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+            return unavailable(self.name, f"Presidio failed: {type(exc).__name__}"), []
         ms = (time.perf_counter() - started) * 1000
         if not findings:
             return clean(self.name).timed(ms), []

@@ -90,3 +90,18 @@ def test_exemplar_similarity_finds_an_attack_planted_at_the_end_of_a_long_email(
     )
     assert benign_score < 0.5 < attacked_score and family == "override"
     assert list(tmp_path.glob("exemplars-*.npy")), "bank vectors are cached for the next start"
+
+
+class _BrokenClassifier:
+    """A classifier whose model fails at inference, as one out of memory would."""
+
+    name = "classifier"
+
+    def score(self, texts: object) -> float:
+        raise RuntimeError("CPU out of memory")
+
+
+def test_a_layer_that_fails_makes_the_verdict_unavailable_not_allow() -> None:
+    detector = InjectionDetector(InjectionRules(), classifier=_BrokenClassifier())  # type: ignore[arg-type]
+    verdict = detector.check_sync("What is the minimum password length?")
+    assert verdict.outcome == "unavailable" and "out of memory" in verdict.reason
