@@ -82,10 +82,13 @@ class PIIFinding:
     score: float
 
 
-# Shapes of card numbers and IBANs whose checksum fails or that are partly masked. Presidio's
-# own recognizers validate checksums, which is right for finding *valid* numbers but lets a
-# mistyped or masked one through; for a privacy guard a lookalike is still worth hiding.
+# Shapes of card numbers and IBANs whose checksum fails or that are partly masked, and e-mail
+# addresses on domains outside the public suffix list (.internal, .corp, .example). Presidio's
+# own recognizers validate checksums and top-level domains, which is right for finding *valid*
+# values but lets a mistyped, masked or intranet one through; for a privacy guard a lookalike
+# is still worth hiding.
 _FORMAT_PATTERNS: dict[str, tuple[str, float]] = {
+    "EMAIL_ADDRESS": (r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b", 0.6),
     "CREDIT_CARD": (r"\b\d{4}[ -]?[\dX*]{4}[ -]?[\dX*]{4}[ -]?\d{4}\b", 0.6),
     "IBAN_CODE": (r"\b[A-Z]{2}\d{2}[ ]?(?:[A-Z0-9]{4}[ ]?){2,7}[A-Z0-9]{0,4}\b", 0.6),
 }

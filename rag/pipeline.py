@@ -224,6 +224,14 @@ class _Run:
             yield self._report("rerank", "skipped", 0.0, self.s.reranker_missing)
         self.used_hits = hits
 
+        chunk_policy = self.settings.guards.pii.chunks
+        if chunk_policy == "keep":
+            passages = [h.chunk.text for h in hits]
+        else:
+            pii_started = time.perf_counter()
+            passages = await asyncio.to_thread(self._protect_passages, hits, chunk_policy)
+            yield self._report("chunk_pii", "ran", _ms(pii_started), f"policy {chunk_policy}")
+
         route_started = time.perf_counter()
         self.route = self.s.router.route(model_question, task_hint)
         yield self._report(
@@ -246,7 +254,7 @@ class _Run:
                 yield self._finish(refusal_text(guard_verdict), "blocked")
                 return
 
-        messages = self._messages(model_question, hits)
+        messages = self._messages(model_question, hits, passages)
         self.prompt = tuple(messages)
         generator = self.s.generators[self.route.model]
         restorer = StreamRestorer(self.conversation.vault)
@@ -344,11 +352,27 @@ class _Run:
             return kept, f"dropped {len(flagged)} chunk(s) flagged as injection at ingest"
         return hits, f"fenced {len(flagged)} chunk(s) flagged as injection at ingest"
 
-    def _messages(self, question: str, hits: Sequence[Hit]) -> list[ChatMessage]:
+    def _protect_passages(self, hits: Sequence[Hit], policy: str) -> list[str]:
+        """PII in retrieved text, by policy: `pseudonymise` shares the conversation's
+        placeholders (the asker sees values restored), `redact` leaves only the type."""
+        protected = []
+        for hit in hits:
+            if policy == "pseudonymise":
+                text, _ = self.s.pii.pseudonymise(hit.chunk.text, self.conversation.vault)
+            else:
+                text = hit.chunk.text
+                for finding in reversed(self.s.pii.find(text)):
+                    text = f"{text[: finding.start]}[{finding.entity_type}]{text[finding.end :]}"
+            protected.append(text)
+        return protected
+
+    def _messages(
+        self, question: str, hits: Sequence[Hit], texts: Sequence[str]
+    ) -> list[ChatMessage]:
         passages = []
-        for number, hit in enumerate(hits, start=1):
-            text = fence_untrusted(hit.chunk.text) if hit.chunk.flagged else hit.chunk.text
-            passages.append(f"[{number}] ({hit.chunk.location})\n{text}")
+        for number, (hit, text) in enumerate(zip(hits, texts, strict=True), start=1):
+            shown = fence_untrusted(text) if hit.chunk.flagged else text
+            passages.append(f"[{number}] ({hit.chunk.location})\n{shown}")
         context = "\n\n".join(passages) if passages else "(no passages found)"
         messages = [ChatMessage("system", self.settings.generation.system_prompt)]
         # The last exchange only: a 2k-token model has no room for more beside the passages.

@@ -141,6 +141,9 @@ class PIISettings(_Section):
         "URL",
     )
     score_threshold: float = 0.5
+    # PII in retrieved chunks before the model sees them: `keep`, `pseudonymise` (placeholders
+    # shared with the question's, restored for the asker) or `redact` (type only).
+    chunks: Literal["keep", "pseudonymise", "redact"] = "keep"
     # Organisation-specific identifiers, e.g. {"EMPLOYEE_ID": "\\bEMP-\\d{6}\\b"}.
     custom_patterns: dict[str, str] = Field(default_factory=dict)
 

@@ -213,3 +213,24 @@ async def test_fence_policy_passes_flagged_chunks_inside_a_marked_untrusted_bloc
     end = sent.index("<<end of untrusted text>>")
     assert start < sent.lower().index("ignore all previous instructions") < end
     assert "fenced 1 chunk" in {s.name: s.detail for s in answer.stages}["chunk_verdicts"]
+
+
+@pytest.mark.parametrize("policy", ["pseudonymise", "redact"])
+async def test_pii_in_retrieved_chunks_follows_the_chunk_policy(
+    pipeline: Pipeline, policy: str
+) -> None:
+    guards = pipeline.settings.guards
+    pii = guards.pii.model_copy(update={"chunks": policy})
+    settings = pipeline.settings.model_copy(
+        update={"guards": guards.model_copy(update={"pii": pii})}
+    )
+    answer = await Pipeline(settings, pipeline.stages).ask(
+        "Who is the head of people and how do I reach them?"
+    )
+    org_chart = next(c for c in answer.citations if c.path.endswith("org-chart.md"))
+    emails = re.findall(r"[\w.]+@northwind-lantern\.example", org_chart.text)
+    assert emails, "the org chart passage holds e-mail addresses"
+    sent = "\n".join(m.content for m in answer.prompt)
+    assert not any(email in sent for email in emails)
+    assert ("<EMAIL_ADDRESS_" in sent) == (policy == "pseudonymise")
+    assert ("[EMAIL_ADDRESS]" in sent) == (policy == "redact")
