@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install models demo chat test lint format bench-ingest
+.PHONY: install models demo chat test lint format bench-ingest bench-guards
 
 install: $(STAMP)
 
@@ -56,3 +56,7 @@ $(LLAMAINDEX_DIR)/.installed: evals/bench-llamaindex.txt | $(STAMP)
 
 bench-ingest: install $(LLAMAINDEX_DIR)/.installed
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMAINDEX_DIR) $(BIN)/python -m evals.bench_ingest
+
+# Guard latency: per-guard p50/p95 and the guards' share of whole requests against generation.
+bench-guards: models
+	HF_HUB_OFFLINE=1 $(BIN)/python -m evals.bench_guards

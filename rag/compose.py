@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 def configure_runtime(settings: Settings) -> None:
     """Process-wide knobs that libraries only take from the environment."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM logs to stdout by default, which would corrupt `guardrag ask --json` and
+    # `guard check` output; logs belong on stderr.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     # Nothing may reach a model hub at run time: models are provisioned by `models pull`.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

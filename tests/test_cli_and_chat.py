@@ -169,3 +169,24 @@ def test_guard_check_rejects_a_malformed_file_with_its_line_number(tmp_path: Pat
     rows.write_text('{"id": 1, "text": "fine"}\nnot json\n')
     result = runner.invoke(app, ["guard", "check", "--file", str(rows)], env=_env(tmp_path))
     assert result.exit_code == 2 and "bad.jsonl:2" in result.output
+
+
+@pytest.mark.slow
+def test_ask_json_answers_with_citations_and_exits(provisioned: Settings, tmp_path: Path) -> None:
+    env = _env(tmp_path / "data")
+    assert runner.invoke(app, ["ingest", str(EXAMPLES)], env=env).exit_code == 0
+    # A process of its own, as a user runs it: it must answer and then exit, engines and all.
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "ask", "What is the minimum password length?", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert answer["status"] == "answered" and "14" in answer["text"]
+    assert answer["citations"][0]["path"] == "examples/handbook/security-and-it.md"
+    assert {v["guard"] for v in answer["verdicts"]} == {"pii", "injection", "llama_guard"}
+    assert all("sanitized_text" not in v for v in answer["verdicts"])

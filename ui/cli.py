@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
-from rag.compose import build_guard_checker, build_pipeline, build_store
+from rag.compose import build_guard_checker, build_pipeline, build_store, shutdown_engines
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
 from rag.pipeline import QuestionError, validate_question
@@ -212,13 +212,18 @@ def ask(
     async def run() -> Answer:
         pipeline = build_pipeline(settings)
         answer: Answer | None = None
-        async for event in pipeline.stream(question):
-            if isinstance(event, TextDelta) and not as_json:
-                console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
-            elif isinstance(event, Retraction) and not as_json:
-                console.print(f"\n[red]retracted:[/] {event.reason}")
-            elif isinstance(event, Final):
-                answer = event.answer
+        try:
+            async for event in pipeline.stream(question):
+                if isinstance(event, TextDelta) and not as_json:
+                    console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
+                elif isinstance(event, Retraction) and not as_json:
+                    console.print(f"\n[red]retracted:[/] {event.reason}")
+                elif isinstance(event, Final):
+                    answer = event.answer
+        finally:
+            # vLLM's shutdown waits on tasks of the loop that served the request: stop the
+            # engines while that loop still runs.
+            shutdown_engines()
         assert answer is not None
         return answer
 

@@ -1,0 +1,135 @@
+"""Guard latency: each guard's p50/p95 on real prompts, and the guards' share of whole
+requests against generation, measured in one run (`make bench-guards`).
+
+Input guards run concurrently with query embedding and search, so what a user waits for is
+the longer of the two, not their sum: the table shows both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ingest.run import build_ingest_parts, ingest_folder
+from rag.compose import build_pipeline, shutdown_engines, start_engines
+from rag.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_DATA = ROOT.parent / "shared" / "eval-data"
+QUESTIONS = [
+    "What is the minimum password length?",
+    "Who approves an expense above 2,500 euros?",
+    "How many days a week can I work remotely?",
+    "When is salary paid?",
+    "I am Ada Lovelace (ada.lovelace@example.com). How many days of annual leave do I get?",
+    "How long is the warranty on a lantern?",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed_ms(check: Callable[[str], object], texts: list[str]) -> list[float]:
+    out = []
+    for text in texts:
+        started = time.perf_counter()
+        check(text)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def prompts(limit: int) -> list[str]:
+    texts = []
+    for name in ("benign_dev.jsonl", "injection_dev.jsonl"):
+        path = EVAL_DATA / name
+        if path.exists():
+            texts += [json.loads(line)["text"] for line in path.open(encoding="utf-8")][
+                : limit // 2
+            ]
+    return texts or QUESTIONS * (limit // len(QUESTIONS))
+
+
+async def request_timings(pipeline, rounds: int) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+    rows = []
+    for _ in range(rounds):
+        for question in QUESTIONS:
+            answer = await pipeline.ask(question)
+            rows.append(answer.timings_ms)
+    # Stopped while the loop that served the requests still runs: vLLM's shutdown waits on
+    # tasks of that loop, and after asyncio.run returns it would wait forever.
+    shutdown_engines()
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    console = Console()
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = load_settings(data_dir=Path(data_dir))
+        parts = build_ingest_parts(settings)
+        ingest_folder(ROOT / "examples", parts)
+        parts.store.close()
+        pipeline = build_pipeline(settings)
+        start_engines(pipeline)
+        texts = prompts(200)
+        stages = pipeline.stages
+        # Warm each guard once: first calls load spaCy pipes and compile regexes.
+        stages.pii.check_sync(texts[0])
+        stages.injection.check_sync(texts[0])
+        per_guard = {
+            "pii (Presidio + spaCy)": timed_ms(stages.pii.check_sync, texts),
+            "injection (layers as configured)": timed_ms(stages.injection.check_sync, texts),
+            "query embedding + search": timed_ms(pipeline.retrieve, texts[:60]),
+        }
+        requests = asyncio.run(request_timings(pipeline, rounds=2))
+
+    table = Table(title=f"guard latency on {len(texts)} prompts; requests: {len(requests)}")
+    for column in ("measure", "p50 ms", "p95 ms", "note"):
+        table.add_column(column)
+    for name, values in per_guard.items():
+        table.add_row(name, f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.95):.1f}", "")
+    table.add_row(
+        "llama_guard (output)",
+        "-",
+        "-",
+        "not on disk here: unavailable, policy applied"
+        if not stages.output_guard.available
+        else "",
+    )
+
+    def stage(name: str) -> list[float]:
+        return [r.get(name, 0.0) for r in requests]
+
+    guards, retrieve, generate, total = (
+        stage("input_guards"),
+        stage("retrieve"),
+        stage("generate"),
+        stage("total"),
+    )
+    table.add_section()
+    for name, values in (
+        ("request: input guards", guards),
+        ("request: retrieve (runs beside the guards)", retrieve),
+        ("request: generate (the baseline)", generate),
+        ("request: total", total),
+    ):
+        table.add_row(name, f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.95):.1f}", "")
+    share = statistics.fmean(g / t for g, t in zip(guards, total, strict=True))
+    versus = statistics.fmean(g / gen for g, gen in zip(guards, generate, strict=True) if gen)
+    table.add_row("input guards / total request", f"{share:.1%}", "", "mean ratio, same run")
+    table.add_row("input guards / generation", f"{versus:.1%}", "", "mean ratio, same run")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
