@@ -68,6 +68,17 @@ class Conversation:
 
 
 @dataclass(frozen=True)
+class AskOptions:
+    """What the asker may choose per question; None means the settings decide."""
+
+    # Words that tell the router what kind of task this is (e.g. "code", "classify").
+    task_hints: tuple[str, ...] = ()
+    # A model name from generation.models instead of the router's choice.
+    model: str | None = None
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
 class Stages:
     """The parts a pipeline runs; built by the composition root."""
 
@@ -112,17 +123,31 @@ class Pipeline:
     # ---- the request -------------------------------------------------------------------
 
     async def stream(
-        self, question: str, conversation: Conversation | None = None, task_hint: str | None = None
+        self,
+        question: str,
+        conversation: Conversation | None = None,
+        options: AskOptions | None = None,
     ) -> AsyncIterator[StreamEvent]:
         conversation = conversation or Conversation()
-        run = _Run(self, validate_question(question), conversation)
-        async for event in run.events(task_hint):
+        options = options or AskOptions()
+        if options.model is not None and options.model not in self.stages.generators:
+            raise QuestionError(
+                f"unknown model {options.model!r}; choose one of "
+                f"{', '.join(self.stages.generators)} or leave it to the router"
+            )
+        if options.top_k is not None and not 1 <= options.top_k <= 50:
+            raise QuestionError(f"top_k must be between 1 and 50, not {options.top_k}")
+        run = _Run(self, validate_question(question), conversation, options)
+        async for event in run.events():
             yield event
 
     async def ask(
-        self, question: str, conversation: Conversation | None = None, task_hint: str | None = None
+        self,
+        question: str,
+        conversation: Conversation | None = None,
+        options: AskOptions | None = None,
     ) -> Answer:
-        async for event in self.stream(question, conversation, task_hint):
+        async for event in self.stream(question, conversation, options):
             if isinstance(event, Final):
                 return event.answer
         raise RuntimeError("the pipeline ended without an answer")
@@ -152,8 +177,11 @@ def _cancel(checks: list[asyncio.Task[Verdict]]) -> None:
 class _Run:
     """The state of one request while it flows through the stages."""
 
-    def __init__(self, pipeline: Pipeline, question: str, conversation: Conversation) -> None:
+    def __init__(
+        self, pipeline: Pipeline, question: str, conversation: Conversation, options: AskOptions
+    ) -> None:
         self.p = pipeline
+        self.options = options
         self.s = pipeline.stages
         self.settings = pipeline.settings
         self.question = question
@@ -172,7 +200,7 @@ class _Run:
         self.reports.append(report)
         return StageEvent(report)
 
-    async def events(self, task_hint: str | None) -> AsyncIterator[StreamEvent]:
+    async def events(self) -> AsyncIterator[StreamEvent]:
         # Retrieval does not depend on the guards' verdicts, so it starts now; its results are
         # used only if the guards let the question through.
         retrieval_started = time.perf_counter()
@@ -215,7 +243,7 @@ class _Run:
         yield self._report("chunk_verdicts", "ran", 0.0, chunk_note)
 
         rerank_started = time.perf_counter()
-        top_k = self.settings.retrieval.top_k
+        top_k = self.options.top_k or self.settings.retrieval.top_k
         if self.s.reranker is not None:
             hits = await asyncio.to_thread(self.s.reranker.rerank, self.question, hits, top_k)
             yield self._report("rerank", "ran", _ms(rerank_started), self.s.reranker.name)
@@ -233,7 +261,11 @@ class _Run:
             yield self._report("chunk_pii", "ran", _ms(pii_started), f"policy {chunk_policy}")
 
         route_started = time.perf_counter()
-        self.route = self.s.router.route(model_question, task_hint)
+        self.route = self.s.router.route(model_question, self.options.task_hints)
+        if self.options.model is not None:
+            self.route = Route(
+                self.route.task, self.options.model, 1.0, "model chosen by the asker"
+            )
         yield self._report(
             "route", "ran", _ms(route_started), f"{self.route.task} → {self.route.model}"
         )

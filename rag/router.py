@@ -42,11 +42,10 @@ class RuleRouter:
         self.default_task = default_task
         self.default_model = default_model
 
-    def route(self, question: str, task_hint: str | None = None) -> Route:
-        if task_hint is not None:
-            for rule in self.rules:
-                if rule.task == task_hint:
-                    return Route(rule.task, rule.model, 1.0, "caller's task hint")
+    def route(self, question: str, task_hints: Sequence[str] = ()) -> Route:
+        for rule in self.rules:
+            if rule.task in task_hints:
+                return Route(rule.task, rule.model, 1.0, "caller's task hint")
         matched = [rule for rule in self.rules if any(p.search(question) for p in rule.patterns)]
         if matched:
             runner_up = matched[1].task if len(matched) > 1 else self.default_task
