@@ -1,14 +1,19 @@
-"""Text generation on vLLM: in-process (AsyncLLM, streamed) or vLLM OpenAI servers.
+"""One replica of a generation model: a vLLM engine in this process, or one vLLM OpenAI server.
 
-Both backends stream chat answers and complete raw prompts (Llama Guard builds its own).
+Both stream chat answers and complete raw prompts (Llama Guard builds its own). Choosing among
+replicas, retrying and failing over belong to the model pool (rag/pool.py), not here.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
+import httpx2
 
 from rag.schema import ChatMessage
 
@@ -17,14 +22,42 @@ class ModelUnavailable(RuntimeError):
     """The model cannot answer now; the message names it, where it was tried, and what to do."""
 
 
-class Generator(Protocol):
-    name: str
+class ReplicaFailed(RuntimeError):
+    """One replica failed one request (connection refused or reset, timeout, server error).
+    The pool tries another replica; the message names the replica."""
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """vLLM's own view of how busy a replica is, from its Prometheus metrics."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_cache_usage: float = 0.0
+
+
+class Replica(Protocol):
+    model: str  # the pool's name for the model, e.g. "general"
+    where: str  # a URL, or "in-process"
 
     def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]: ...
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        prefix: str = "",
+    ) -> AsyncGenerator[str, None]:
+        """Stream the answer's text. With `prefix`, continue an answer that another replica
+        started (after a failover mid-stream) instead of starting over."""
+        ...
 
     async def complete(self, prompt: str, max_tokens: int) -> str: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def load(self) -> ReplicaLoad | None: ...
+
+    def shutdown(self) -> None: ...
 
 
 _request_ids = itertools.count()
@@ -34,18 +67,24 @@ class VLLMInProcess:
     """One vLLM AsyncLLM engine in this process. It starts on first use (about 30-50 s for
     SmolLM2 on two cores), or earlier through `start()`."""
 
+    where = "in-process"
+
     def __init__(
-        self, name: str, path: Path, max_model_len: int, kv_cache_gib: float = 1.0
+        self, model: str, path: Path, max_model_len: int, kv_cache_gib: float = 1.0
     ) -> None:
-        self.name = name
+        self.model = model
         self.path = path
         self.max_model_len = max_model_len
         self.kv_cache_gib = kv_cache_gib
         self._engine: Any = None
+        self._failure: str | None = None
 
     def start(self) -> None:
         if self._engine is not None:
             return
+        if self._failure is not None:
+            # A failed start is not retried on every question: it costs tens of seconds.
+            raise ModelUnavailable(self._failure)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -53,7 +92,7 @@ class VLLMInProcess:
             self._engine = AsyncLLM.from_engine_args(
                 AsyncEngineArgs(
                     model=str(self.path),
-                    served_model_name=[self.name],
+                    served_model_name=[self.model],
                     # float32: the CPU build has no fast half-precision path for these models.
                     dtype="float32",
                     max_model_len=self.max_model_len,
@@ -67,18 +106,17 @@ class VLLMInProcess:
                 )
             )
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ModelUnavailable(
-                f"vLLM could not start model {self.name} from {self.path}: {exc}"
-            ) from exc
+            self._failure = f"vLLM could not start model {self.model} from {self.path}: {exc}"
+            raise ModelUnavailable(self._failure) from exc
 
-    def _prompt(self, messages: Sequence[ChatMessage]) -> str:
+    def _prompt(self, messages: Sequence[ChatMessage], prefix: str) -> str:
         tokenizer = self._engine.get_tokenizer()
         prompt: str = tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             tokenize=False,
             add_generation_prompt=True,
         )
-        return prompt
+        return prompt + prefix
 
     def _fit(self, prompt: str, max_tokens: int) -> int:
         # Leave room for the answer: vLLM rejects a prompt + max_tokens over max_model_len.
@@ -86,25 +124,29 @@ class VLLMInProcess:
         room = self.max_model_len - prompt_tokens
         if room < 16:
             raise ModelUnavailable(
-                f"prompt of {prompt_tokens} tokens does not fit model {self.name} "
+                f"prompt of {prompt_tokens} tokens does not fit model {self.model} "
                 f"(max_model_len {self.max_model_len}); lower retrieval.top_k"
             )
         return min(max_tokens, room)
 
     async def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        prefix: str = "",
     ) -> AsyncGenerator[str, None]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         self.start()
-        prompt = self._prompt(messages)
+        prompt = self._prompt(messages, prefix)
         params = SamplingParams(
             temperature=temperature,
             max_tokens=self._fit(prompt, max_tokens),
             output_kind=RequestOutputKind.DELTA,
         )
-        request_id = f"{self.name}-{next(_request_ids)}"
+        request_id = f"{self.model}-{next(_request_ids)}"
         async for output in self._engine.generate(prompt, params, request_id=request_id):
             delta = output.outputs[0].text
             if delta:
@@ -121,10 +163,18 @@ class VLLMInProcess:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         text = ""
-        request_id = f"{self.name}-{next(_request_ids)}"
+        request_id = f"{self.model}-{next(_request_ids)}"
         async for output in self._engine.generate(prompt, params, request_id=request_id):
             text = output.outputs[0].text
         return text
+
+    async def healthy(self) -> bool:
+        # Not started yet counts as healthy: the first request starts it.
+        return self._failure is None and (self._engine is None or not self._engine.errored)
+
+    async def load(self) -> ReplicaLoad | None:
+        # The pool's own in-flight count is exact for an engine only this process uses.
+        return None
 
     def shutdown(self) -> None:
         if self._engine is not None:
@@ -132,71 +182,129 @@ class VLLMInProcess:
             self._engine = None
 
 
-class OpenAIServer:
-    """vLLM OpenAI-compatible servers for one model; replicas are tried in order."""
+def _server_root(url: str) -> str:
+    """`http://host:8000/v1` → `http://host:8000`: vLLM serves /health and /metrics there."""
+    root = url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def parse_vllm_load(metrics_text: str) -> ReplicaLoad:
+    """Running and waiting requests and KV-cache use from vLLM's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name in (
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc",  # the name before vLLM 0.11
+            ):
+                # Data-parallel servers report one sample per engine: add them up.
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return ReplicaLoad(
+        running=values.get("vllm:num_requests_running", 0.0),
+        waiting=values.get("vllm:num_requests_waiting", 0.0),
+        kv_cache_usage=values.get(
+            "vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0)
+        ),
+    )
+
+
+class OpenAIReplica:
+    """One vLLM OpenAI-compatible server serving one model."""
 
     def __init__(
-        self, name: str, model: str, urls: Sequence[str], api_key: str | None, timeout_s: float
+        self,
+        model: str,
+        served_name: str,
+        url: str,
+        api_key: str | None,
+        timeout_s: float,
+        connect_timeout_s: float,
     ) -> None:
-        if not urls:
-            raise ModelUnavailable(f"model {name} has backend `openai` but no urls in the profile")
         from openai import AsyncOpenAI
 
-        self.name = name
         self.model = model
-        self.urls = tuple(urls)
-        self._clients = [
-            # Retries are ours (next replica), not the client's: a dead replica fails fast.
-            AsyncOpenAI(base_url=url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=0)
-            for url in self.urls
-        ]
-
-    def _unreachable(self, errors: list[str]) -> ModelUnavailable:
-        return ModelUnavailable(
-            f"model {self.name} ({self.model}) is unreachable at {', '.join(self.urls)}: "
-            f"{'; '.join(errors)}. Start its vLLM server "
-            f"(python -m vllm.entrypoints.openai.api_server --model … --served-model-name "
-            f"{self.model}) or fix generation.models.{self.name}.urls"
+        self.served_name = served_name
+        self.where = url
+        self._root = _server_root(url)
+        # A dead server must fail in about a second (connect), a stuck one within timeout_s
+        # (no token for that long); retries are the pool's (next replica), not the client's.
+        timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
+        self._client = AsyncOpenAI(
+            base_url=url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0
         )
+        # Probes give up quickly: a stale reading is better than a late one.
+        self._probe = httpx.AsyncClient(timeout=httpx.Timeout(1.0, connect=connect_timeout_s))
+
+    def _failed(self, exc: BaseException) -> ReplicaFailed:
+        return ReplicaFailed(f"{self.where}: {type(exc).__name__}: {exc}")
 
     async def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        prefix: str = "",
     ) -> AsyncGenerator[str, None]:
         import openai
 
-        errors = []
-        for url, client in zip(self.urls, self._clients, strict=True):
-            try:
-                response = await client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    stream=True,
-                )
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                errors.append(f"{url}: {exc}")
-                continue
+        payload: list[dict[str, str]] = [{"role": m.role, "content": m.content} for m in messages]
+        extra: dict[str, Any] = {}
+        if prefix:
+            # vLLM continues the assistant's unfinished message instead of starting a new one.
+            payload.append({"role": "assistant", "content": prefix})
+            extra = {"continue_final_message": True, "add_generation_prompt": False}
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.served_name,
+                messages=payload,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+                extra_body=extra or None,
+            )
             async for event in response:  # type: ignore[union-attr]  # stream=True
                 if event.choices and event.choices[0].delta.content:
                     yield event.choices[0].delta.content
-            return
-        raise self._unreachable(errors)
+        except openai.BadRequestError as exc:
+            # The request itself is wrong (too long for the model): no replica will take it.
+            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+        # openai's client runs on httpx2: a reset connection mid-stream surfaces raw.
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise self._failed(exc) from exc
 
     async def complete(self, prompt: str, max_tokens: int) -> str:
         import openai
 
-        errors = []
-        for url, client in zip(self.urls, self._clients, strict=True):
-            try:
-                response = await client.completions.create(
-                    model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
-                )
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                errors.append(f"{url}: {exc}")
-                continue
-            return response.choices[0].text
-        raise self._unreachable(errors)
+        try:
+            response = await self._client.completions.create(
+                model=self.served_name, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+            )
+        except openai.BadRequestError as exc:
+            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+        # openai's client runs on httpx2: a reset connection mid-stream surfaces raw.
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise self._failed(exc) from exc
+        return response.choices[0].text
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._probe.get(f"{self._root}/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def load(self) -> ReplicaLoad | None:
+        try:
+            response = await self._probe.get(f"{self._root}/metrics")
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return parse_vllm_load(response.text)
 
     def shutdown(self) -> None:
         """Nothing to stop: the servers belong to the cluster."""

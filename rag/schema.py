@@ -87,7 +87,8 @@ class ChatMessage:
     content: str
 
 
-AnswerStatus = Literal["answered", "blocked", "refused", "failed"]
+# busy: every replica was saturated and the queue full; the request may be retried.
+AnswerStatus = Literal["answered", "blocked", "refused", "failed", "busy"]
 
 
 @dataclass(frozen=True)

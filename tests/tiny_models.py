@@ -49,10 +49,17 @@ _SENTENCES = [
 ]
 
 
-def tiny_llama(target: Path) -> Path:
+def tiny_llama(
+    target: Path, never_ends: bool = False, hidden_size: int = 128, layers: int = 2
+) -> Path:
     """A 2-layer random Llama with a 512-token BPE tokenizer and a chat template: it loads
     and serves in vLLM on CPU (head size 64, as vLLM's CPU attention requires); its output
-    is noise, which is what proves that unparseable guard replies are handled."""
+    is noise, which is what proves that unparseable guard replies are handled.
+
+    `never_ends`: the end-of-sequence logit is pinned at 0 while 511 random logits compete,
+    so greedy decoding runs to max_tokens: a long stream to kill a server in the middle of.
+    A larger `hidden_size` and more `layers` make each decoding step slower, which leaves a
+    CPU server's event loop time to answer /metrics while it generates."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -77,15 +84,22 @@ def tiny_llama(target: Path) -> Path:
     )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        # Head size 64, as vLLM's CPU attention requires.
+        num_attention_heads=hidden_size // 64,
+        num_key_value_heads=hidden_size // 64,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    LlamaForCausalLM(config).save_pretrained(target)
+    model = LlamaForCausalLM(config)
+    if never_ends:
+        import torch
+
+        with torch.no_grad():
+            model.lm_head.weight[tokenizer.eos_token_id].zero_()
+    model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
