@@ -2,7 +2,8 @@
 
 Point ids come from the file path and chunk content, so a rerun writes the same ids; a changed
 file's new chunks are written before its stale ones are deleted, so an interrupted run never
-leaves a file with fewer chunks than before.
+leaves a file with fewer chunks than before. A run writes for one owner (a user, or "shared"):
+it sees, replaces and prunes only that owner's chunks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rag.compose import build_embedder, build_injection, open_store_for_embedder
 from rag.embedder import SentenceEmbedder
 from rag.schema import Chunk
 from rag.settings import IngestSettings, Settings
-from rag.store import FileState, Store, point_id
+from rag.store import SHARED, FileState, Store, point_id
 
 
 class IngestError(ValueError):
@@ -103,6 +104,7 @@ def ingest_folder(
     parts: IngestParts,
     prune: bool = True,
     progress: Callable[[IngestProgress], None] = lambda _: None,
+    owner: str = SHARED,
 ) -> IngestReport:
     started = time.perf_counter()
     root = root.expanduser()
@@ -118,7 +120,7 @@ def ingest_folder(
             f"{root} holds no documents guardrag reads ({', '.join(extensions)}); nothing ingested"
         )
     report = IngestReport(root=str(root))
-    states = parts.store.file_states()
+    states = parts.store.file_states(owner)
     names = {file: stored_path(root, file) for file in files}
 
     files_done = 0
@@ -137,7 +139,8 @@ def ingest_folder(
         vectors = parts.embedder.embed_documents(
             [f"{c.section}\n{c.text}" if c.section else c.text for c in batch]
         )
-        parts.store.upsert(batch, vectors, [len(in_flight[c.path].chunks) for c in batch])
+        counts = [len(in_flight[c.path].chunks) for c in batch]
+        parts.store.upsert(batch, vectors, counts, owner)
         report.chunks_written += len(batch)
         for chunk in batch:
             unwritten[chunk.path] -= 1
@@ -145,7 +148,7 @@ def ingest_folder(
                 done = in_flight.pop(chunk.path)
                 # Only now, with every new chunk stored, do the file's old chunks go: a crash
                 # before this line leaves old and new, which the rerun resolves.
-                parts.store.delete_file(done.name, keep_file_hash=done.file_hash)
+                parts.store.delete_file(done.name, keep_file_hash=done.file_hash, owner=owner)
                 (report.updated if done.is_update else report.added).append(done.name)
                 verb = "updated" if done.is_update else "added"
                 advance(f"{verb} {done.name} ({len(done.chunks)} chunks)")
@@ -153,7 +156,7 @@ def ingest_folder(
     # Reading, chunking and scanning run in this thread, between embedding batches. A reader
     # thread beside the embedder was measured slower on two cores: its Python work competes
     # with torch's threads for the cores and the GIL (make bench-ingest).
-    for item in (_prepare(file, names[file], root, parts, states) for file in files):
+    for item in (_prepare(file, names[file], root, parts, states, owner) for file in files):
         if item.status == "unchanged":
             report.unchanged.append(item.name)
             advance(f"unchanged {item.name}")
@@ -178,7 +181,7 @@ def ingest_folder(
         seen = set(names.values())
         for name in sorted(states):
             if name.startswith(prefix) and name not in seen:
-                parts.store.delete_file(name)
+                parts.store.delete_file(name, owner=owner)
                 report.removed.append(name)
                 progress(
                     IngestProgress(files_done, len(files), report.chunks_written, f"removed {name}")
@@ -188,7 +191,12 @@ def ingest_folder(
 
 
 def _prepare(
-    file: Path, name: str, root: Path, parts: IngestParts, states: dict[str, FileState]
+    file: Path,
+    name: str,
+    root: Path,
+    parts: IngestParts,
+    states: dict[str, FileState],
+    owner: str,
 ) -> _Prepared:
     limits = parts.settings
     try:
@@ -224,7 +232,7 @@ def _prepare(
         verdict = parts.injection.check_sync(piece.text)
         chunks.append(
             Chunk(
-                id=point_id(name, ordinal, piece.content_hash),
+                id=point_id(name, ordinal, piece.content_hash, owner),
                 text=piece.text,
                 path=name,
                 section=piece.section,

@@ -10,6 +10,7 @@ import atexit
 import functools
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from guardrails.audit import AuditLog
@@ -18,15 +19,18 @@ from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity, load_bank
 from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII
+from rag.cache import AnswerCache
 from rag.embedder import SentenceEmbedder
-from rag.generator import Generator, ModelUnavailable, OpenAIServer, VLLMInProcess
+from rag.generator import ModelUnavailable, OpenAIReplica, Replica, VLLMInProcess
 from rag.guard_check import GuardChecker
 from rag.models import missing_message, require_model, resolve_model, resolve_spacy_package
 from rag.pipeline import Pipeline, Stages
+from rag.pool import ModelPool, ModelReplicas, PoolLimits
 from rag.reranker import CrossEncoderReranker
-from rag.router import RuleRouter
-from rag.settings import ModelEndpoint, Settings
+from rag.router import TaskRouter, router_from_settings
+from rag.settings import ModelEndpoint, Settings, TelemetrySettings
 from rag.store import CollectionInfo, EdgeStore, ServerStore, Store, StoreError
+from rag.telemetry import AllTelemetry, OpenTelemetrySpans, PrometheusTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +145,62 @@ def shutdown_engines() -> None:
 atexit.register(shutdown_engines)
 
 
-def build_generator(settings: Settings, name: str, endpoint: ModelEndpoint) -> Generator:
-    if endpoint.backend == "openai":
-        return OpenAIServer(
-            name, endpoint.model, endpoint.urls, endpoint.api_key, endpoint.timeout_s
-        )
-    path = require_model(endpoint.model, settings.models_dir, f"generator {name!r}")
-    key = (str(path), endpoint.max_model_len)
+def _engine(settings: Settings, name: str, path: Path, max_model_len: int) -> VLLMInProcess:
+    key = (str(path), max_model_len)
     if key not in _ENGINES:
-        _ENGINES[key] = VLLMInProcess(
-            name, path, endpoint.max_model_len, settings.generation.kv_cache_gib
-        )
+        _ENGINES[key] = VLLMInProcess(name, path, max_model_len, settings.generation.kv_cache_gib)
     return _ENGINES[key]
+
+
+def build_replicas(settings: Settings, name: str, endpoint: ModelEndpoint) -> list[Replica]:
+    """One replica per server URL, or the one in-process engine (shared by every pipeline)."""
+    if endpoint.backend == "openai":
+        if not endpoint.urls:
+            raise ModelUnavailable(
+                f"generation.models.{name} has backend `openai` but no urls: list its vLLM "
+                "servers' base URLs (http://host:8000/v1), one per replica"
+            )
+        return [
+            OpenAIReplica(
+                name,
+                endpoint.model,
+                url,
+                endpoint.api_key,
+                endpoint.timeout_s,
+                endpoint.connect_timeout_s,
+            )
+            for url in endpoint.urls
+        ]
+    path = require_model(endpoint.model, settings.models_dir, f"generator {name!r}")
+    return [_engine(settings, name, path, endpoint.max_model_len)]
+
+
+def _limits(settings: Settings) -> PoolLimits:
+    cfg = settings.generation.pool
+    return PoolLimits(
+        max_concurrency_per_replica=cfg.max_concurrency_per_replica,
+        queue_size=cfg.queue_size,
+        queue_timeout_s=cfg.queue_timeout_s,
+        retry_rounds=cfg.retry_rounds,
+        backoff_s=cfg.backoff_s,
+        breaker_failures=cfg.breaker_failures,
+        breaker_reset_s=cfg.breaker_reset_s,
+        load_refresh_s=cfg.load_refresh_s,
+        health_refresh_s=cfg.health_refresh_s,
+    )
+
+
+def build_pool(settings: Settings) -> ModelPool:
+    limits = _limits(settings)
+    models = settings.generation.models
+    return ModelPool(
+        {
+            name: ModelReplicas(name, build_replicas(settings, name, endpoint), limits)
+            for name, endpoint in models.items()
+        },
+        {name: endpoint.fallbacks for name, endpoint in models.items()},
+        limits,
+    )
 
 
 def build_output_guard(settings: Settings) -> LlamaGuard:
@@ -160,26 +208,28 @@ def build_output_guard(settings: Settings) -> LlamaGuard:
     cfg = settings.guards.output
     excluded = cfg.excluded_categories
     if cfg.backend == "openai":
-        server = OpenAIServer("llama_guard", cfg.model, cfg.urls, None, 30.0)
-        return LlamaGuard(
-            cfg.model, lambda prompt: server.complete(prompt, 20), excluded_categories=excluded
-        )
-    path = resolve_model(cfg.model, settings.models_dir)
-    if path is None:
-        return LlamaGuard(
-            cfg.model,
-            None,
-            missing_reason=missing_message(cfg.model, settings.models_dir, "output guard"),
-            excluded_categories=excluded,
-        )
-    key = (str(path), 2048)
-    if key not in _ENGINES:
-        _ENGINES[key] = VLLMInProcess("llama_guard", path, 2048, settings.generation.kv_cache_gib)
-    engine = _ENGINES[key]
-    # Llama Guard answers in at most two short lines.
-    return LlamaGuard(
-        cfg.model, lambda prompt: engine.complete(prompt, 20), excluded_categories=excluded
+        endpoint = ModelEndpoint(model=cfg.model, backend="openai", urls=cfg.urls, timeout_s=30.0)
+    else:
+        path = resolve_model(cfg.model, settings.models_dir)
+        if path is None:
+            return LlamaGuard(
+                cfg.model,
+                None,
+                missing_reason=missing_message(cfg.model, settings.models_dir, "output guard"),
+                excluded_categories=excluded,
+            )
+        endpoint = ModelEndpoint(model=str(path), backend="vllm", max_model_len=2048)
+    replicas = ModelReplicas(
+        "llama_guard", build_replicas(settings, "llama_guard", endpoint), _limits(settings)
     )
+    pool = ModelPool({"llama_guard": replicas}, {}, _limits(settings))
+
+    async def complete(prompt: str) -> str:
+        # Llama Guard answers in at most two short lines.
+        text, _ = await pool.complete("llama_guard", prompt, 20)
+        return text
+
+    return LlamaGuard(cfg.model, complete, excluded_categories=excluded)
 
 
 def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str]:
@@ -192,6 +242,37 @@ def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str
     return CrossEncoderReranker(cfg.model, path, cfg.min_score), ""
 
 
+def build_router(
+    settings: Settings, embedder: SentenceEmbedder, known_models: Collection[str]
+) -> TaskRouter:
+    """The task router on the embedder retrieval already loaded; the exemplar bank is embedded
+    once per process and embedder, and kept under the data directory."""
+    return router_from_settings(
+        settings.router, embedder, known_models, settings.data_dir / "cache"
+    )
+
+
+@functools.cache
+def prometheus_metrics() -> PrometheusTelemetry:
+    """One metrics registry per process: every pipeline in it adds to the same counters."""
+    return PrometheusTelemetry()
+
+
+@functools.cache
+def _telemetry(cfg: TelemetrySettings) -> Telemetry:
+    sinks: list[Telemetry] = [prometheus_metrics()]
+    if cfg.otel_exporter != "none":
+        sinks.append(OpenTelemetrySpans(cfg.otel_exporter, cfg.otlp_endpoint, cfg.service_name))
+    return AllTelemetry(sinks)
+
+
+def build_cache(settings: Settings) -> AnswerCache | None:
+    cfg = settings.cache
+    if not cfg.enabled:
+        return None
+    return AnswerCache(cfg.ttl_s, cfg.max_entries, cfg.semantic_threshold)
+
+
 def build_pipeline(settings: Settings) -> Pipeline:
     """Everything a question needs, from one settings object."""
     configure_runtime(settings)
@@ -201,17 +282,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
         where = settings.store_path if settings.store.kind == "edge" else settings.store.url
         raise StoreError(f"no documents ingested yet in {where}: run `guardrag ingest PATH` first")
     store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
-    generators = {
-        name: build_generator(settings, name, endpoint)
-        for name, endpoint in settings.generation.models.items()
-    }
+    pool = build_pool(settings)
     reranker, reranker_missing = build_reranker(settings)
-    router = RuleRouter(
-        [(r.task, r.model, r.patterns) for r in settings.router.rules],
-        settings.router.default_task,
-        settings.router.default_model,
-        generators,
-    )
+    router = build_router(settings, embedder, pool.models)
     stages = Stages(
         embedder=embedder,
         store=store,
@@ -221,20 +294,23 @@ def build_pipeline(settings: Settings) -> Pipeline:
         reranker=reranker,
         reranker_missing=reranker_missing,
         router=router,
-        generators=generators,
+        pool=pool,
         audit=AuditLog(settings.audit_path),
+        telemetry=_telemetry(settings.telemetry),
+        cache=build_cache(settings),
     )
     return Pipeline(settings, stages)
 
 
 def start_engines(pipeline: Pipeline) -> None:
     """Load in-process models now rather than on the first question."""
-    for generator in pipeline.stages.generators.values():
-        if isinstance(generator, VLLMInProcess):
-            try:
-                generator.start()
-            except ModelUnavailable as exc:
-                log.error("%s", exc)
+    for replicas in pipeline.stages.pool.models.values():
+        for state in replicas.states:
+            if isinstance(state.replica, VLLMInProcess):
+                try:
+                    state.replica.start()
+                except ModelUnavailable as exc:
+                    log.error("%s", exc)
 
 
 def build_guard_checker(settings: Settings) -> GuardChecker:

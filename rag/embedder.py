@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,10 +44,18 @@ class SentenceEmbedder:
         )
 
     def embed_query(self, text: str) -> np.ndarray:
+        # A request embeds its question for retrieval, then the router and the semantic
+        # cache need the same vector: the last few are kept rather than computed again.
+        return self._embed_query_cached(text)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one embedder per process, never freed
+    def _embed_query_cached(self, text: str) -> np.ndarray:
         # bge-style models want the instruction on queries only, never on passages.
-        return self._model.encode(
+        vector: np.ndarray = self._model.encode(
             [self.query_instruction + text],
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )[0]
+        vector.setflags(write=False)  # shared between callers: nobody may change it
+        return vector

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +18,12 @@ from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII, PseudonymVault, StreamRestorer
 from guardrails.policy import apply_policy
 from guardrails.verdict import GuardContext, Verdict
+from rag.cache import AnswerCache, CachedAnswer, CacheKey, context_digest, normalise_question
 from rag.embedder import SentenceEmbedder
-from rag.generator import Generator, ModelUnavailable
+from rag.generator import ModelUnavailable
+from rag.pool import ModelPool, PoolSaturated, Served
 from rag.reranker import CrossEncoderReranker
-from rag.router import RuleRouter
+from rag.router import TaskRouter
 from rag.schema import (
     Answer,
     AnswerStatus,
@@ -38,6 +40,7 @@ from rag.schema import (
 )
 from rag.settings import Settings
 from rag.store import Store
+from rag.telemetry import Telemetry
 
 
 class QuestionError(ValueError):
@@ -89,9 +92,11 @@ class Stages:
     output_guard: LlamaGuard
     reranker: CrossEncoderReranker | None
     reranker_missing: str
-    router: RuleRouter
-    generators: Mapping[str, Generator]
+    router: TaskRouter
+    pool: ModelPool
     audit: AuditLog
+    telemetry: Telemetry
+    cache: AnswerCache | None = None
 
 
 def _ms(since: float) -> float:
@@ -127,13 +132,13 @@ class Pipeline:
         question: str,
         conversation: Conversation | None = None,
         options: AskOptions | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         conversation = conversation or Conversation()
         options = options or AskOptions()
-        if options.model is not None and options.model not in self.stages.generators:
+        if options.model is not None and options.model not in self.stages.pool:
             raise QuestionError(
                 f"unknown model {options.model!r}; choose one of "
-                f"{', '.join(self.stages.generators)} or leave it to the router"
+                f"{', '.join(self.stages.pool.models)} or leave it to the router"
             )
         if options.top_k is not None and not 1 <= options.top_k <= 50:
             raise QuestionError(f"top_k must be between 1 and 50, not {options.top_k}")
@@ -154,10 +159,16 @@ class Pipeline:
 
     # ---- stages that run in worker threads ------------------------------------------------
 
-    def retrieve(self, question: str) -> list[Hit]:
+    def retrieve(self, question: str, user: str | None = None) -> list[Hit]:
+        """Candidates for the question; given a user, only their documents and shared ones."""
+        from rag.store import SHARED
+
         vector = self.stages.embedder.embed_query(question)
         text = question if self.settings.retrieval.mode == "hybrid" else None
-        return self.stages.store.search(vector, self.settings.retrieval.candidates, text)
+        owners = None if user is None else (user, SHARED)
+        return self.stages.store.search(
+            vector, self.settings.retrieval.candidates, text, owners=owners
+        )
 
 
 def _first_blocking(checks: list[asyncio.Task[Verdict]], policy: Any) -> Verdict | None:
@@ -167,6 +178,16 @@ def _first_blocking(checks: list[asyncio.Task[Verdict]], policy: Any) -> Verdict
             if verdict.flagged and verdict.blocks:
                 return verdict
     return None
+
+
+def _served_text(served: list[Served]) -> str:
+    if not served:
+        return ""
+    who = served[0]
+    failover = (
+        f" after {len(who.failures)} failure(s): {who.failures[-1]}" if who.failed_over else ""
+    )
+    return f"{who.model} at {who.where}{failover}"
 
 
 def _cancel(checks: list[asyncio.Task[Verdict]]) -> None:
@@ -196,7 +217,8 @@ class _Run:
         self.first_token_ms: float | None = None
 
     def _report(self, name: str, status: Any, ms: float, detail: str = "") -> StageEvent:
-        report = StageReport(name, status, ms, detail)
+        # Reported as each stage ends, so it started `ms` ago.
+        report = StageReport(name, status, ms, detail, start_ms=max(0.0, _ms(self.started) - ms))
         self.reports.append(report)
         return StageEvent(report)
 
@@ -204,7 +226,9 @@ class _Run:
         # Retrieval does not depend on the guards' verdicts, so it starts now; its results are
         # used only if the guards let the question through.
         retrieval_started = time.perf_counter()
-        retrieval = asyncio.create_task(asyncio.to_thread(self.p.retrieve, self.question))
+        retrieval = asyncio.create_task(
+            asyncio.to_thread(self.p.retrieve, self.question, self.conversation.user)
+        )
 
         guards_started = time.perf_counter()
         context = GuardContext(checked_as="question")
@@ -288,7 +312,29 @@ class _Run:
 
         messages = self._messages(model_question, hits, passages)
         self.prompt = tuple(messages)
-        generator = self.s.generators[self.route.model]
+
+        cache_started = time.perf_counter()
+        cache_key, bypass = self._cache_key(model_question, messages)
+        question_vector = None
+        if cache_key is not None and self.s.cache is not None:
+            if self.s.cache.semantic_threshold is not None:
+                question_vector = await asyncio.to_thread(
+                    self.s.embedder.embed_query, model_question
+                )
+            hit = self.s.cache.get(cache_key, question_vector)
+            if hit is not None:
+                yield self._report(
+                    "cache", "ran", _ms(cache_started), f"hit: {hit.kind} ({hit.similarity:.3f})"
+                )
+                self.verdicts.append(hit.answer.output_verdict)
+                self.first_token_ms = _ms(self.started)
+                yield TextDelta(hit.answer.text)
+                yield self._finish(hit.answer.text, "answered")
+                return
+            yield self._report("cache", "ran", _ms(cache_started), "miss")
+        else:
+            yield self._report("cache", "skipped", 0.0, bypass)
+        served: list[Served] = []
         restorer = StreamRestorer(self.conversation.vault)
         pseudonymised_answer: list[str] = []
         shown: list[str] = []
@@ -302,8 +348,12 @@ class _Run:
         window_checks: list[asyncio.Task[Verdict]] = []
         next_window = window_chars
         unsafe: Verdict | None = None
-        stream = generator.stream(
-            messages, self.settings.generation.max_tokens, self.settings.generation.temperature
+        stream = self.s.pool.stream(
+            self.route.model,
+            messages,
+            self.settings.generation.max_tokens,
+            self.settings.generation.temperature,
+            served=served,
         )
         try:
             # aclosing: leaving the loop early (an unsafe window) closes the stream at once,
@@ -331,16 +381,30 @@ class _Run:
                 if tail:
                     shown.append(tail)
                     yield TextDelta(tail)
-        except ModelUnavailable as exc:
+        except (ModelUnavailable, PoolSaturated) as exc:
             _cancel(window_checks)
             yield self._report("generate", "failed", _ms(generate_started), str(exc))
-            yield self._finish(str(exc), "failed")
+            if shown:
+                yield Retraction(str(exc))
+            busy = isinstance(exc, PoolSaturated)
+            message = f"The models are busy: {exc}. Try again shortly." if busy else str(exc)
+            yield self._finish(message, "busy" if busy else "failed")
             return
+        if served and served[0].model != self.route.model:
+            self.route = Route(
+                self.route.task,
+                served[0].model,
+                self.route.confidence,
+                f"{self.route.reason}; fallback after {self.route.model} failed",
+                self.route.runner_up,
+            )
         yield self._report(
             "generate",
             "ran" if unsafe is None else "cancelled",
             _ms(generate_started),
-            self.route.model if unsafe is None else "stopped: an output-guard window was unsafe",
+            _served_text(served)
+            if unsafe is None
+            else "stopped: an output-guard window was unsafe",
         )
 
         guard_started = time.perf_counter()
@@ -367,6 +431,12 @@ class _Run:
             return
 
         text = "".join(shown).strip()
+        if cache_key is not None and self.s.cache is not None and text:
+            self.s.cache.put(
+                cache_key,
+                question_vector,
+                CachedAnswer(text, self.route, self._citations(), guard_verdict, time.time()),
+            )
         self.conversation.turns += [
             ChatMessage("user", model_question),
             ChatMessage("assistant", answer_for_guard.strip()),
@@ -374,6 +444,32 @@ class _Run:
         yield self._finish(text, "answered")
 
     # ---- helpers ----------------------------------------------------------------------
+
+    def _cache_key(
+        self, model_question: str, messages: Sequence[ChatMessage]
+    ) -> tuple[CacheKey | None, str]:
+        """The answer's cache key, or why this answer must not be cached."""
+        if self.s.cache is None:
+            return None, "cache disabled in settings (cache.enabled: false)"
+        if self.options.model is not None:
+            return None, "bypassed: model chosen by the asker"
+        if len(self.conversation.vault):
+            # Placeholders mean somebody's personal data: an answer holding them is never
+            # kept, so nobody can be served another conversation's restored values.
+            return None, "bypassed: the conversation holds personal data"
+        assert self.route is not None
+        # What else the model saw besides the question and passages: the system prompt and
+        # the earlier turns (the last message is the question with its passages).
+        context = context_digest([m for m in messages[:-1]])
+        key = CacheKey(
+            user=self.conversation.user,
+            question=normalise_question(model_question),
+            task=self.route.task,
+            model=self.route.model,
+            chunk_ids=tuple(h.chunk.id for h in self.used_hits),
+            context=context,
+        )
+        return key, ""
 
     def _apply_chunk_verdicts(self, hits: list[Hit]) -> tuple[list[Hit], str]:
         flagged = [h for h in hits if h.chunk.flagged]
@@ -440,6 +536,7 @@ class _Run:
             prompt=self.prompt,
             first_token_ms=self.first_token_ms,
         )
+        self.s.telemetry.record(answer, self.conversation.user)
         self.s.audit.write(
             AuditRecord(
                 request_id=self.request_id,

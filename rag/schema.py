@@ -79,6 +79,8 @@ class StageReport:
     status: StageStatus
     ms: float
     detail: str = ""
+    # When the stage started, in ms after the request did (for traces and timelines).
+    start_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Where chunks live: Qdrant, embedded (Qdrant Edge, the real engine in-process) or a server.
 
 Both stores keep a dense vector and a BM25 sparse vector per chunk, and both remember which
-embedder filled them: mixing vectors from two embedders in one collection is refused.
+embedder filled them: mixing vectors from two embedders in one collection is refused. Each chunk
+names its owner (a user, or "shared"); a search for a user sees that user's chunks and shared ones.
 """
 
 from __future__ import annotations
@@ -23,14 +24,23 @@ DENSE = "dense"
 SPARSE = "bm25"
 # Stable namespace so the same chunk of the same file always gets the same point id.
 _POINT_NAMESPACE = uuid.UUID("5f1c3c1e-8f64-4d0e-9d7a-6a2b8f0f4c11")
+# The owner of chunks everyone may retrieve: what `guardrag ingest` writes. Chunks stored before
+# owners existed carry no owner field and count as shared.
+SHARED = "shared"
+OWNER = "owner"
 
 
 class StoreError(RuntimeError):
     """The store cannot be used as asked; the message says why and what to do."""
 
 
-def point_id(path: str, ordinal: int, content_hash: str) -> str:
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{path}\x00{ordinal}\x00{content_hash}"))
+def point_id(path: str, ordinal: int, content_hash: str, owner: str = SHARED) -> str:
+    # Shared chunks keep the id they had before owners existed, so older stores stay
+    # idempotent; a user's chunk gets its own id, so two users' "notes/a.md" never collide.
+    key = f"{path}\x00{ordinal}\x00{content_hash}"
+    if owner != SHARED:
+        key = f"{owner}\x00{key}"
+    return str(uuid.uuid5(_POINT_NAMESPACE, key))
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,17 @@ class FileState:
     expected_points: int
 
 
-def _payload(chunk: Chunk, chunk_count: int) -> dict[str, Any]:
+def _payload(chunk: Chunk, chunk_count: int, owner: str) -> dict[str, Any]:
     payload = asdict(chunk)
     payload.pop("id")
     payload["injection_categories"] = list(chunk.injection_categories)
     payload["chunk_count"] = chunk_count
+    payload[OWNER] = owner
     return payload
+
+
+def owner_of(payload: dict[str, Any]) -> str:
+    return str(payload.get(OWNER) or SHARED)
 
 
 def _chunk(point_id_value: Any, payload: dict[str, Any]) -> Chunk:
@@ -76,13 +91,29 @@ class Store(Protocol):
     def ensure_collection(self, info: CollectionInfo) -> None: ...
     def open_existing(self) -> CollectionInfo | None: ...
     def upsert(
-        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+        self,
+        chunks: Sequence[Chunk],
+        dense: np.ndarray,
+        chunk_counts: Sequence[int],
+        owner: str = SHARED,
     ) -> None: ...
-    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None: ...
-    def file_states(self) -> dict[str, FileState]: ...
-    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
+    def delete_file(
+        self, path: str, keep_file_hash: str | None = None, owner: str = SHARED
+    ) -> None: ...
+    def file_states(self, owner: str = SHARED) -> dict[str, FileState]:
+        """What the store holds for each file of one owner."""
+        ...
+
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        text: str | None = None,
+        owners: Sequence[str] | None = None,
+    ) -> list[Hit]:
         """Nearest chunks to `vector`; given the query `text` too, dense and BM25 results are
-        fused by reciprocal rank (RRF)."""
+        fused by reciprocal rank (RRF). Given `owners`, only their chunks are searched (chunks
+        without an owner count as shared)."""
         ...
 
     def scroll_chunks(self) -> Iterable[Chunk]: ...
@@ -119,6 +150,27 @@ class _Bm25:
 
 # Reciprocal-rank fusion's constant (Cormack et al.); Qdrant's default too.
 RRF_K = 60
+
+
+def _edge_owner_filter(owners: Sequence[str]) -> Any:
+    import qdrant_edge as qe
+
+    either: list[Any] = [qe.FieldCondition(OWNER, match=qe.MatchAny(list(owners)))]
+    if SHARED in owners:
+        either.append(qe.IsEmptyCondition(OWNER))
+    return qe.Filter(should=either)
+
+
+def _edge_file_filter(path: str, owner: str, keep_file_hash: str | None) -> Any:
+    import qdrant_edge as qe
+
+    must_not: list[Any] = []
+    if keep_file_hash is not None:
+        must_not.append(qe.FieldCondition("file_hash", match=qe.MatchValue(keep_file_hash)))
+    return qe.Filter(
+        must=[qe.FieldCondition("path", match=qe.MatchValue(path)), _edge_owner_filter([owner])],
+        must_not=must_not or None,
+    )
 
 
 class EdgeStore:
@@ -185,7 +237,11 @@ class EdgeStore:
         return self._shard
 
     def upsert(
-        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+        self,
+        chunks: Sequence[Chunk],
+        dense: np.ndarray,
+        chunk_counts: Sequence[int],
+        owner: str = SHARED,
     ) -> None:
         import qdrant_edge as qe
 
@@ -194,21 +250,18 @@ class EdgeStore:
         for chunk, vector, count in zip(chunks, dense, chunk_counts, strict=True):
             indices, values = self._bm25.document(chunk.text)
             vectors = {DENSE: vector.tolist(), SPARSE: qe.SparseVector(indices, values)}
-            points.append(qe.Point(chunk.id, vectors, _payload(chunk, count)))
+            points.append(qe.Point(chunk.id, vectors, _payload(chunk, count, owner)))
         with self._lock:
             shard.update(qe.UpdateOperation.upsert_points(points))
             shard.flush()
 
-    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None:
+    def delete_file(
+        self, path: str, keep_file_hash: str | None = None, owner: str = SHARED
+    ) -> None:
         import qdrant_edge as qe
 
         shard = self._require()
-        must_not: list[Any] = []
-        if keep_file_hash is not None:
-            must_not.append(qe.FieldCondition("file_hash", match=qe.MatchValue(keep_file_hash)))
-        selector = qe.Filter(
-            must=[qe.FieldCondition("path", match=qe.MatchValue(path))], must_not=must_not or None
-        )
+        selector = _edge_file_filter(path, owner, keep_file_hash)
         with self._lock:
             shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
             shard.flush()
@@ -227,30 +280,40 @@ class EdgeStore:
             if offset is None:
                 return
 
-    def file_states(self) -> dict[str, FileState]:
-        return _file_states(self._scroll()) if self._shard is not None else {}
+    def file_states(self, owner: str = SHARED) -> dict[str, FileState]:
+        return _file_states(self._scroll(), owner) if self._shard is not None else {}
 
     def scroll_chunks(self) -> Iterable[Chunk]:
         for pid, payload in self._scroll():
             yield _chunk(pid, payload)
 
-    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        text: str | None = None,
+        owners: Sequence[str] | None = None,
+    ) -> list[Hit]:
         import qdrant_edge as qe
 
         shard = self._require()
+        scope = _edge_owner_filter(owners) if owners is not None else None
         dense = qe.Query.Nearest(vector.tolist(), using=DENSE)
         if text is None:
-            request = qe.QueryRequest(limit=limit, query=dense, with_payload=True)
+            request = qe.QueryRequest(limit=limit, query=dense, filter=scope, with_payload=True)
         else:
             sparse = qe.Query.Nearest(qe.SparseVector(*self._bm25.query(text)), using=SPARSE)
             request = qe.QueryRequest(
                 limit=limit,
+                # Scoped in each prefetch: fusing unscoped candidates and filtering afterwards
+                # would let another user's chunks crowd out the asker's.
                 prefetches=[
-                    qe.Prefetch(limit=limit, query=dense),
-                    qe.Prefetch(limit=limit, query=sparse),
+                    qe.Prefetch(limit=limit, query=dense, filter=scope),
+                    qe.Prefetch(limit=limit, query=sparse, filter=scope),
                 ],
                 # The stubs say `Fusion`; at run time the query is the Rrf variant, built with k.
                 query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
+                filter=scope,
                 with_payload=True,
             )
         return [Hit(_chunk(p.id, p.payload), float(p.score)) for p in shard.query(request)]
@@ -321,7 +384,7 @@ class ServerStore:
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata=asdict(info),
         )
-        for field in ("path", "file_hash"):
+        for field in ("path", "file_hash", OWNER):
             self._client.create_payload_index(
                 self.collection, field, models.PayloadSchemaType.KEYWORD
             )
@@ -339,7 +402,11 @@ class ServerStore:
         return self._info()
 
     def upsert(
-        self, chunks: Sequence[Chunk], dense: np.ndarray, chunk_counts: Sequence[int]
+        self,
+        chunks: Sequence[Chunk],
+        dense: np.ndarray,
+        chunk_counts: Sequence[int],
+        owner: str = SHARED,
     ) -> None:
         from qdrant_client import models
 
@@ -353,12 +420,14 @@ class ServerStore:
                         DENSE: vector.tolist(),
                         SPARSE: models.SparseVector(indices=indices, values=values),
                     },
-                    payload=_payload(chunk, count),
+                    payload=_payload(chunk, count, owner),
                 )
             )
         self._call("upsert", self._client.upsert, self.collection, points=points, wait=True)
 
-    def delete_file(self, path: str, keep_file_hash: str | None = None) -> None:
+    def delete_file(
+        self, path: str, keep_file_hash: str | None = None, owner: str = SHARED
+    ) -> None:
         from qdrant_client import models
 
         must_not: list[Any] | None = (
@@ -367,7 +436,10 @@ class ServerStore:
             else None
         )
         selector = models.Filter(
-            must=[models.FieldCondition(key="path", match=models.MatchValue(value=path))],
+            must=[
+                models.FieldCondition(key="path", match=models.MatchValue(value=path)),
+                _server_owner_filter([owner]),
+            ],
             must_not=must_not,
         )
         self._call(
@@ -393,27 +465,35 @@ class ServerStore:
             if offset is None:
                 return
 
-    def file_states(self) -> dict[str, FileState]:
-        return _file_states(self._scroll())
+    def file_states(self, owner: str = SHARED) -> dict[str, FileState]:
+        return _file_states(self._scroll(), owner)
 
     def scroll_chunks(self) -> Iterable[Chunk]:
         for pid, payload in self._scroll():
             yield _chunk(pid, payload)
 
-    def search(self, vector: np.ndarray, limit: int, text: str | None = None) -> list[Hit]:
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        text: str | None = None,
+        owners: Sequence[str] | None = None,
+    ) -> list[Hit]:
         from qdrant_client import models
 
+        scope = _server_owner_filter(owners) if owners is not None else None
         if text is None:
             query: dict[str, Any] = {"query": vector.tolist(), "using": DENSE}
         else:
             indices, values = self._bm25.query(text)
             query = {
                 "prefetch": [
-                    models.Prefetch(query=vector.tolist(), using=DENSE, limit=limit),
+                    models.Prefetch(query=vector.tolist(), using=DENSE, limit=limit, filter=scope),
                     models.Prefetch(
                         query=models.SparseVector(indices=indices, values=values),
                         using=SPARSE,
                         limit=limit,
+                        filter=scope,
                     ),
                 ],
                 "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
@@ -424,6 +504,7 @@ class ServerStore:
             self.collection,
             limit=limit,
             with_payload=True,
+            query_filter=scope,
             **query,
         )
         return [Hit(_chunk(p.id, p.payload or {}), float(p.score)) for p in response.points]
@@ -437,11 +518,22 @@ class ServerStore:
         self._client.close()
 
 
-def _file_states(records: Iterable[tuple[Any, dict[str, Any]]]) -> dict[str, FileState]:
+def _server_owner_filter(owners: Sequence[str]) -> Any:
+    from qdrant_client import models
+
+    either: list[Any] = [models.FieldCondition(key=OWNER, match=models.MatchAny(any=list(owners)))]
+    if SHARED in owners:
+        either.append(models.IsEmptyCondition(is_empty=models.PayloadField(key=OWNER)))
+    return models.Filter(should=either)
+
+
+def _file_states(records: Iterable[tuple[Any, dict[str, Any]]], owner: str) -> dict[str, FileState]:
     hashes: dict[str, set[str]] = {}
     counts: dict[str, int] = {}
     expected: dict[str, int] = {}
     for _, payload in records:
+        if owner_of(payload) != owner:
+            continue
         path = payload["path"]
         hashes.setdefault(path, set()).add(payload.get("file_hash", ""))
         counts[path] = counts.get(path, 0) + 1

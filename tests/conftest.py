@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ def corpus_settings(provisioned: Settings, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def pipeline(corpus_settings: Settings) -> Iterator[Pipeline]:
     built = build_pipeline(corpus_settings)
+    # Tests assert fresh generations, so the shared pipeline has no answer cache (a second
+    # test asking a question another asked would get the first answer back). The cache has
+    # its own tests, with their own pipelines.
+    built = Pipeline(built.settings, replace(built.stages, cache=None))
     # Started outside the event loop: vLLM binds its output handler to the loop of the first
     # request, which is pytest-asyncio's session loop for every async test.
     start_engines(built)

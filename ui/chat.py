@@ -1,178 +1,589 @@
-"""The Gradio chat: answers stream, with their sources, every guard's verdict and the route.
+"""The Gradio chat: streamed answers with their sources, every guard's verdict and the route;
+conversations kept per user, feedback per answer, uploads into the user's own collection.
 
-Document text and model output are shown as escaped text (or Markdown with images removed),
-so a document holding `<script>` or an image URL carrying data never runs or loads anything.
+Document text and model output never reach the page as HTML: model output is Markdown with
+every tag escaped and images removed (ui/render.py), passages and names are escaped text, so a
+document holding `<script>` or an image URL carrying data never runs or loads anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
-import re
+import itertools
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi import FastAPI
 
-from guardrails.verdict import Verdict
+from guardrails.pii import PLACEHOLDER, PseudonymVault
+from ingest.run import IngestError, IngestProgress
 from rag.compose import build_pipeline, start_engines
-from rag.pipeline import Conversation, Pipeline, QuestionError
-from rag.schema import Answer, Final, Retraction, StageEvent, TextDelta
+from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
+from rag.schema import Answer, ChatMessage, Final, Retraction, StageEvent, TextDelta
 from rag.settings import Settings
+from ui.auth import Identity, identify, login_required, password_check, trusted_header_user
+from ui.documents import DocumentLibrary, UploadError, UploadResult
+from ui.history import HistoryStore, Rating, StoredTurn
+from ui.render import (
+    AnswerView,
+    answer_view,
+    chips_html,
+    details_markdown,
+    passage_html,
+    safe_markdown,
+)
 
-_MARKDOWN_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_CHIP_COLOURS = {
-    "allow": "#1a7f37",
-    "redact": "#9a6700",
-    "warn": "#9a6700",
-    "block": "#cf222e",
-    "unavailable": "#6e7781",
-}
+AUTO_MODEL = "auto (router)"
+RETRACTED = "_(answer retracted by the output guard)_"
+RESUMED_NOTE = (
+    "Resumed conversations show personal data as placeholders (`<PERSON_1>`): only "
+    "pseudonymised text is ever written to disk."
+)
+_CSS = """
+.guard-chip { white-space: nowrap; }
+.passage mark { background: #fff3b0; padding: 0 2px; }
+"""
 
 
-def safe_markdown(text: str) -> str:
-    """Model output as Markdown minus images: an image URL could carry data out of the page."""
-    return _MARKDOWN_IMAGE.sub(lambda m: f"[image removed: {m.group(1)}]", text)
+@dataclass
+class ChatSession:
+    """One browser session's conversation: the live pseudonym vault, the history row it is
+    saved to, and what the side panels show for each answer (by chatbot message index)."""
+
+    conversation: Conversation
+    conversation_id: str | None = None
+    views: dict[int, AnswerView] = field(default_factory=dict)
+    shown: AnswerView | None = None
+    rated: tuple[str, Rating] | None = None
 
 
-def verdict_chip(verdict: Verdict) -> str:
-    if verdict.guard == "pii" and verdict.outcome != "unavailable":
-        count = verdict.reason.split(" ", 1)[0] if verdict.flagged else "0"
-        label = (
-            f"PII: {count} pseudonymised"
-            if verdict.action == "redact"
-            else f"PII: {verdict.outcome}"
-        )
-    elif verdict.guard == "injection" and verdict.outcome != "unavailable":
-        label = f"injection: {verdict.score:.2f} ({verdict.outcome})"
-    elif verdict.guard == "llama_guard":
-        label = {
-            "allow": "Llama Guard: safe",
-            "unavailable": f"Llama Guard: unavailable, {verdict.policy}",
-        }.get(verdict.outcome, f"Llama Guard: unsafe {', '.join(verdict.categories)}")
-    else:
-        label = f"{verdict.guard}: {verdict.outcome}"
-    colour = _CHIP_COLOURS.get(verdict.outcome, "#6e7781")
-    style = (
-        "display:inline-block;margin:2px;padding:2px 8px;border-radius:12px;"
-        f"color:white;background:{colour};font-size:0.85em"
-    )
+def _session_for(who: Identity, session: ChatSession | None) -> ChatSession:
+    if session is None or session.conversation.user != who.name:
+        return ChatSession(Conversation(user=who.name))
+    return session
+
+
+def stored_question(question: str, answer: Answer) -> str:
+    """The question as history keeps it: pseudonymised, or not at all without a PII check."""
+    pii = next((v for v in answer.verdicts if v.guard == "pii"), None)
+    if pii is None or pii.outcome == "unavailable":
+        return "(question not stored: the PII check did not run)"
+    return pii.sanitized_text if pii.sanitized_text else question
+
+
+def stored_answer(answer: Answer, conversation: Conversation) -> str:
+    """The answer as the model wrote it (placeholders, not the asker's restored values)."""
+    if answer.status == "answered" and conversation.turns:
+        last = conversation.turns[-1]
+        if last.role == "assistant":
+            return last.content
+    return answer.text
+
+
+def resumed_conversation(user: str, turns: list[StoredTurn]) -> Conversation:
+    """A conversation to continue from history. Its vault first takes the placeholders the
+    old turns use (each standing for itself), so new PII gets fresh numbers and `<PERSON_1>`
+    never means two people in one conversation."""
+    conversation = Conversation(user=user)
+    highest: dict[str, int] = {}
+    for turn in turns:
+        for match in PLACEHOLDER.finditer(turn.content):
+            entity, number = match.group(1), int(match.group(2))
+            highest[entity] = max(highest.get(entity, 0), number)
+    for entity, top in sorted(highest.items()):
+        for number in range(1, top + 1):
+            conversation.vault.placeholder_for(entity, f"<{entity}_{number}>")
+    for question, reply in itertools.pairwise(turns):
+        answered = reply.details is not None and reply.details.status == "answered"
+        if question.role == "user" and reply.role == "assistant" and answered:
+            conversation.turns += [
+                ChatMessage("user", question.content),
+                ChatMessage("assistant", reply.content),
+            ]
+    return conversation
+
+
+def _source_choices(view: AnswerView | None) -> Any:
+    choices = [(s.label, s.number) for s in view.sources] if view else []
+    return gr.update(choices=choices, value=None)
+
+
+def _panels(view: AnswerView | None) -> tuple[Any, Any, Any, Any]:
+    """Chips, source list, passage and route/timings for one answer (or empty)."""
+    if view is None:
+        return chips_html(()), _source_choices(None), "", ""
+    note = "" if view.sources else "<p><em>No sources for this answer.</em></p>"
     return (
-        f'<span class="guard-chip" title="{html.escape(verdict.reason)}" style="{style}">'
-        f"{html.escape(label)}</span>"
+        chips_html(view.chips),
+        _source_choices(view),
+        note,
+        details_markdown(view.route, view.stages, view.first_token_ms),
     )
 
 
-def sources_html(answer: Answer) -> str:
-    if not answer.citations:
-        return "<p><em>No sources for this answer.</em></p>"
-    blocks = []
-    for c in answer.citations:
-        blocks.append(
-            f'<details class="source"><summary>[{c.number}] {html.escape(c.location)} '
-            f"<small>(score {c.score:.3f})</small></summary>"
-            f'<div style="white-space:pre-wrap;font-size:0.9em">{html.escape(c.text)}</div>'
-            "</details>"
-        )
-    return "\n".join(blocks)
+def _conversation_choices(history: HistoryStore, who: Identity, selected: str | None) -> Any:
+    rows = history.conversations(who.name)
+    return gr.update(choices=[(r.title, r.id) for r in rows], value=selected)
 
 
-def details_markdown(answer: Answer) -> str:
-    lines = []
-    if answer.route:
-        r = answer.route
+def _documents_table(library: DocumentLibrary, who: Identity) -> list[list[Any]]:
+    return [[d.path, d.scope, d.chunks] for d in library.documents(who)]
+
+
+def _deletable(library: DocumentLibrary, who: Identity) -> Any:
+    rows = library.documents(who)
+    choices = [
+        (f"{d.path} ({d.scope})", f"{d.scope}:{d.path}")
+        for d in rows
+        if d.scope == "mine" or who.admin
+    ]
+    return gr.update(choices=choices, value=None)
+
+
+def _quarantine_rows(library: DocumentLibrary, who: Identity) -> list[list[Any]]:
+    if not who.admin:
+        return []
+    return [
+        [
+            c.path,
+            c.section,
+            round(c.injection_score, 2),
+            ", ".join(c.injection_categories),
+            c.text[:160],
+        ]
+        for c in library.quarantined(who)
+    ]
+
+
+def _upload_summary(result: UploadResult) -> str:
+    where = "the shared collection" if result.owner == "shared" else "your documents"
+    lines = [f"**Into {where}** in {result.seconds:.1f} s:"]
+    for label, names in (
+        ("added", result.added),
+        ("updated", result.updated),
+        ("unchanged", result.unchanged),
+    ):
+        if names:
+            lines.append(f"- {label}: {html.escape(', '.join(names))}")
+    for name, reason in result.failed:
+        lines.append(f"- failed: {html.escape(name)}: {html.escape(reason)}")
+    if result.chunks_flagged:
         lines.append(
-            f"**Route:** {r.task} → `{r.model}` (confidence {r.confidence:.2f}; {r.reason})"
+            f"- {result.chunks_flagged} chunk(s) flagged as prompt injection: kept out of answers"
         )
-    if answer.first_token_ms is not None:
-        lines.append(f"**First token:** {answer.first_token_ms:.0f} ms")
-    lines.append("\n| stage | status | ms | detail |\n|---|---|---|---|")
-    for s in answer.stages:
-        detail = html.escape(s.detail).replace("|", "\\|")
-        lines.append(f"| {s.name} | {s.status} | {s.ms:.1f} | {detail} |")
     return "\n".join(lines)
 
 
-def build_chat(pipeline: Pipeline) -> gr.Blocks:
+def build_chat(
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    logout_url: str | None = None,
+    history: HistoryStore | None = None,
+    library: DocumentLibrary | None = None,
+) -> gr.Blocks:
+    history = history or HistoryStore(settings.history_path)
+    library = library or DocumentLibrary(settings)
+    chat_settings = settings.chat
+    model_names = [AUTO_MODEL, *settings.generation.models]
+
+    def who_is(request: gr.Request) -> Identity:
+        return identify(chat_settings, request.username if request else None)
+
+    # ---- the conversation -----------------------------------------------------------------
+
+    def take_question(message: str) -> tuple[str, str]:
+        # The box empties at once; the question travels on in a state.
+        return "", message
+
     async def respond(
-        message: str, history: list[dict[str, Any]], conversation: Conversation | None
+        message: str,
+        messages: list[dict[str, Any]],
+        session: ChatSession | None,
+        model_choice: str,
+        top_k: float,
+        request: gr.Request,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        conversation = conversation or Conversation()
-        history = [
-            *history,
-            {"role": "user", "content": message},
+        who = who_is(request)
+        session = _session_for(who, session)
+        if not message.strip():
+            yield messages, session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        messages = [
+            *messages,
+            {"role": "user", "content": safe_markdown(message)},
             {"role": "assistant", "content": ""},
         ]
+        options = AskOptions(
+            model=None if model_choice == AUTO_MODEL else model_choice, top_k=int(top_k)
+        )
+        skip = gr.skip()
         shown = ""
-        progress = ""
+        progress: list[str] = []
         try:
-            async for event in pipeline.stream(message, conversation):
+            async for event in pipeline.stream(message, session.conversation, options):
                 if isinstance(event, TextDelta):
                     shown += event.text
-                    history[-1] = {"role": "assistant", "content": safe_markdown(shown)}
-                    yield history, gr.skip(), gr.skip(), gr.skip(), conversation
+                    messages[-1] = {"role": "assistant", "content": safe_markdown(shown)}
+                    yield messages, session, skip, skip, skip, skip, skip
                 elif isinstance(event, Retraction):
                     shown = ""
-                    history[-1] = {
-                        "role": "assistant",
-                        "content": "_(answer retracted by the output guard)_",
-                    }
-                    yield history, gr.skip(), gr.skip(), gr.skip(), conversation
+                    messages[-1] = {"role": "assistant", "content": RETRACTED}
+                    yield messages, session, skip, skip, skip, skip, skip
                 elif isinstance(event, StageEvent):
-                    progress += f"{event.report.name}: {event.report.status} · "
-                    yield history, gr.skip(), gr.skip(), progress, conversation
+                    progress.append(f"{event.report.name}: {event.report.status}")
+                    yield messages, session, skip, skip, skip, " · ".join(progress), skip
                 elif isinstance(event, Final):
-                    answer = event.answer
-                    text = (
-                        answer.text
-                        if answer.status == "answered"
-                        else f"**{answer.status}:** {answer.text}"
+                    view = await asyncio.to_thread(
+                        _finish_turn, who, session, message, event.answer, len(messages) - 1
                     )
-                    history[-1] = {"role": "assistant", "content": safe_markdown(text)}
-                    chips = "".join(verdict_chip(v) for v in answer.verdicts)
-                    yield (
-                        history,
-                        sources_html(answer),
-                        chips,
-                        details_markdown(answer),
-                        conversation,
-                    )
+                    messages[-1] = {"role": "assistant", "content": _shown_text(event.answer)}
+                    chips, sources, passage, details = _panels(view)
+                    conversations = _conversation_choices(history, who, session.conversation_id)
+                    yield messages, session, chips, sources, passage, details, conversations
         except QuestionError as exc:
-            history[-1] = {"role": "assistant", "content": f"_{exc}_"}
-            yield history, gr.skip(), gr.skip(), gr.skip(), conversation
+            messages[-1] = {"role": "assistant", "content": f"_{safe_markdown(str(exc))}_"}
+            yield messages, session, skip, skip, skip, skip, skip
+
+    def _shown_text(answer: Answer) -> str:
+        text = safe_markdown(answer.text)
+        return text if answer.status == "answered" else f"**{answer.status}:** {text}"
+
+    def _finish_turn(
+        who: Identity, session: ChatSession, question: str, answer: Answer, index: int
+    ) -> AnswerView:
+        view = answer_view(answer, answer.text)
+        session.views[index] = view
+        session.shown = view
+        asked = stored_question(question, answer)
+        if session.conversation_id is None:
+            session.conversation_id = history.create(who.name, asked)
+        history.append(
+            who.name,
+            session.conversation_id,
+            [
+                StoredTurn("user", asked),
+                StoredTurn(
+                    "assistant",
+                    stored_answer(answer, session.conversation),
+                    answer.request_id,
+                    # What history keeps of the answer: the placeholders' text, not the
+                    # asker's restored values.
+                    replace(view, text=stored_answer(answer, session.conversation)),
+                ),
+            ],
+        )
+        return view
+
+    def show_answer(session: ChatSession | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        view = session.views.get(index) if session else None
+        if session is None or view is None:
+            return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        session.shown = view
+        return (session, *_panels(view))
+
+    def show_passage(number: int | None, session: ChatSession | None) -> str:
+        view = session.shown if session else None
+        if view is None or number is None:
+            return ""
+        source = next((s for s in view.sources if s.number == number), None)
+        return passage_html(source, view.text) if source else ""
+
+    # ---- feedback -------------------------------------------------------------------------
+
+    def rate(session: ChatSession | None, evt: gr.LikeData, request: gr.Request) -> Any:
+        who = who_is(request)
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        view = session.views.get(index) if session else None
+        if session is None or view is None:
+            return session, "Feedback is for answers."
+        liked = evt.liked if isinstance(evt.liked, bool) else evt.liked == "Like"
+        rating: Rating = "up" if liked else "down"
+        if not history.record_feedback(who.name, view.request_id, rating):
+            return session, "This answer is not in your history."
+        session.rated = (view.request_id, rating)
+        thumb = "👍" if rating == "up" else "👎"
+        return session, f"{thumb} recorded for this answer. Add a comment below if you like."
+
+    def comment(text: str, session: ChatSession | None, request: gr.Request) -> tuple[str, str]:
+        who = who_is(request)
+        if session is None or session.rated is None:
+            return text, "Rate an answer (👍 or 👎 under it) first, then comment."
+        if not text.strip():
+            return text, "The comment is empty."
+        pii = pipeline.stages.pii
+        if not pii.available:
+            return text, "Comments are not stored while the PII check cannot run."
+        # A comment may name people or addresses: only its pseudonymised form is stored.
+        pseudonymised, _ = pii.pseudonymise(text.strip()[:2000], PseudonymVault())
+        request_id, rating = session.rated
+        history.record_feedback(who.name, request_id, rating, pseudonymised)
+        return "", "Comment stored (personal data replaced by placeholders). Thank you."
+
+    # ---- history --------------------------------------------------------------------------
+
+    def new_conversation(request: gr.Request) -> tuple[Any, ...]:
+        who = who_is(request)
+        return (
+            [],
+            ChatSession(Conversation(user=who.name)),
+            *_panels(None),
+            _conversation_choices(history, who, None),
+            "",
+        )
+
+    def resume(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        who = who_is(request)
+        if not conversation_id or not history.owns(who.name, conversation_id):
+            return (gr.skip(),) * 8
+        turns = history.turns(who.name, conversation_id)
+        session = ChatSession(
+            resumed_conversation(who.name, turns), conversation_id=conversation_id
+        )
+        messages = []
+        for index, turn in enumerate(turns):
+            messages.append({"role": turn.role, "content": safe_markdown(turn.content)})
+            if turn.details is not None:
+                session.views[index] = turn.details
+        title = next(
+            (c.title for c in history.conversations(who.name) if c.id == conversation_id), ""
+        )
+        return (messages, session, *_panels(None), gr.skip(), title)
+
+    def rename(title: str, session: ChatSession | None, request: gr.Request) -> Any:
+        who = who_is(request)
+        if session is None or session.conversation_id is None:
+            return gr.skip()
+        history.rename(who.name, session.conversation_id, title)
+        return _conversation_choices(history, who, session.conversation_id)
+
+    def delete_conversation(session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
+        who = who_is(request)
+        if session is not None and session.conversation_id is not None:
+            history.delete(who.name, session.conversation_id)
+        return new_conversation(request)
+
+    # ---- documents ------------------------------------------------------------------------
+
+    def upload(
+        files: list[str] | None,
+        to_shared: bool,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
+    ) -> tuple[Any, ...]:
+        who = who_is(request)
+        pairs = [(Path(f).name, Path(f)) for f in files or []]
+
+        def report(p: IngestProgress) -> None:
+            progress((p.files_done, p.files_total), desc=p.message)
+
+        try:
+            result = library.upload(who, pairs, shared=to_shared, progress=report)
+            status = _upload_summary(result)
+        except (UploadError, IngestError) as exc:
+            status = f"**Upload refused:** {html.escape(str(exc))}"
+        return status, None, _documents_table(library, who), _deletable(library, who)
+
+    def delete_document(choice: str | None, request: gr.Request) -> tuple[Any, ...]:
+        who = who_is(request)
+        status = "Choose a document to delete."
+        if choice:
+            scope, path = choice.split(":", 1)
+            try:
+                deleted = library.delete(who, path, shared=scope == "shared")
+                status = f"Deleted {html.escape(path)}." if deleted else "No such document."
+            except UploadError as exc:
+                status = html.escape(str(exc))
+        return status, _documents_table(library, who), _deletable(library, who)
+
+    def on_load(request: gr.Request) -> tuple[Any, ...]:
+        who = who_is(request)
+        signed_in = (
+            f"Signed in as **{html.escape(who.name)}**"
+            + (" (admin)" if who.admin and login_required(chat_settings) else "")
+            if login_required(chat_settings)
+            else "Single-user mode (no login configured)."
+        )
+        return (
+            signed_in,
+            _conversation_choices(history, who, None),
+            _documents_table(library, who),
+            _deletable(library, who),
+            gr.update(visible=who.admin),
+            gr.update(visible=who.admin),
+            _quarantine_rows(library, who),
+        )
+
+    # ---- layout ---------------------------------------------------------------------------
 
     with gr.Blocks(title="guardrag") as chat:
-        gr.Markdown("## guardrag: ask your documents")
-        conversation = gr.State(None)
+        session = gr.State(None)
+        pending = gr.State("")
         with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="chat", height=520, sanitize_html=True)
-                question = gr.Textbox(
-                    placeholder="Ask about your documents…", show_label=False, autofocus=True
+            gr.Markdown("## guardrag: ask your documents")
+            signed_in = gr.Markdown(elem_id="signed-in")
+            if logout_url is not None:
+                gr.Button("Log out", link=logout_url, size="sm", scale=0, elem_id="logout")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"), gr.Row():
+                with gr.Column(scale=1, min_width=200):
+                    new = gr.Button("New conversation", elem_id="new-conversation")
+                    conversations = gr.Radio(
+                        label="Conversations", choices=[], elem_id="conversations"
+                    )
+                    gr.Markdown(RESUMED_NOTE, elem_classes=["small-note"])
+                    title = gr.Textbox(
+                        label="Title", placeholder="Rename this conversation", max_lines=1
+                    )
+                    with gr.Row():
+                        rename_button = gr.Button("Rename", size="sm")
+                        delete_button = gr.Button("Delete", size="sm", variant="stop")
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(
+                        label="chat",
+                        height=520,
+                        sanitize_html=True,
+                        # No KaTeX: model output is text, not formulas to typeset.
+                        latex_delimiters=[],
+                        feedback_options=("Like", "Dislike"),
+                        # Copy only: Gradio's share button posts the chat to a hub.
+                        buttons=["copy"],
+                        elem_id="chatbot",
+                    )
+                    question = gr.Textbox(
+                        placeholder="Ask about your documents…",
+                        show_label=False,
+                        autofocus=True,
+                        elem_id="question",
+                    )
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    with gr.Accordion("Options", open=False):
+                        model = gr.Dropdown(
+                            model_names, value=AUTO_MODEL, label="Model", elem_id="model"
+                        )
+                        top_k = gr.Slider(
+                            1,
+                            20,
+                            value=settings.retrieval.top_k,
+                            step=1,
+                            label="Passages (top-k)",
+                        )
+                        show_details = gr.Checkbox(value=True, label="Show details")
+                    with gr.Row():
+                        feedback_text = gr.Textbox(
+                            placeholder="Comment on the answer you rated",
+                            show_label=False,
+                            scale=4,
+                            elem_id="feedback-comment",
+                        )
+                        feedback_send = gr.Button(
+                            "Send comment", scale=1, size="sm", elem_id="feedback-send"
+                        )
+                    feedback_status = gr.Markdown(elem_id="feedback-status")
+                with gr.Column(scale=2) as side:
+                    gr.Markdown("### Guards")
+                    chips = gr.HTML(chips_html(()), elem_id="guard-chips")
+                    sources = gr.Radio(label="Sources", choices=[], elem_id="sources")
+                    passage = gr.HTML("", elem_id="passage")
+                    with gr.Accordion("Route and timings", open=False, elem_id="route"):
+                        details = gr.Markdown(elem_id="details")
+            with gr.Tab("Documents", id="documents"):
+                files = gr.File(
+                    label="Upload documents",
+                    file_count="multiple",
+                    file_types=list(settings.ingest.extensions),
+                    type="filepath",
+                    elem_id="upload",
+                )
+                to_shared = gr.Checkbox(
+                    label="Add to the shared collection (everyone can retrieve it)",
+                    visible=False,
+                )
+                upload_button = gr.Button("Upload and ingest", variant="primary", elem_id="ingest")
+                upload_status = gr.Markdown(elem_id="upload-status")
+                documents = gr.Dataframe(
+                    headers=["document", "collection", "chunks"],
+                    interactive=False,
+                    elem_id="documents",
                 )
                 with gr.Row():
-                    send = gr.Button("Send", variant="primary")
-                    clear = gr.Button("New conversation")
-            with gr.Column(scale=2):
-                gr.Markdown("### Guards")
-                chips = gr.HTML("<em>Verdicts appear here.</em>", elem_id="guard-chips")
-                gr.Markdown("### Sources")
-                sources = gr.HTML("<em>Sources appear here.</em>", elem_id="sources")
-                with gr.Accordion("Route and timings", open=False):
-                    details = gr.Markdown()
+                    to_delete = gr.Dropdown(label="Document to delete", choices=[])
+                    delete_doc = gr.Button("Delete document", variant="stop")
+            with gr.Tab("Quarantine", id="quarantine", visible=False) as quarantine_tab:
+                gr.Markdown("Chunks flagged as prompt injection at ingest (admins only).")
+                quarantine = gr.Dataframe(
+                    headers=["file", "section", "score", "rules", "start of text"],
+                    interactive=False,
+                )
 
-        outputs = [chatbot, sources, chips, details, conversation]
+        panel_outputs = [chips, sources, passage, details]
+        answer_outputs = [chatbot, session, *panel_outputs, conversations]
         for trigger in (question.submit, send.click):
-            trigger(respond, [question, chatbot, conversation], outputs).then(
-                lambda: "", None, question
+            trigger(take_question, question, [question, pending], queue=False).then(
+                respond,
+                [pending, chatbot, session, model, top_k],
+                answer_outputs,
+                concurrency_limit=8,
             )
-        clear.click(
-            lambda: ([], None, "", "", ""), None, [chatbot, conversation, sources, chips, details]
+        chatbot.select(show_answer, session, [session, *panel_outputs])
+        sources.change(show_passage, [sources, session], passage)
+        chatbot.like(rate, session, [session, feedback_status])
+        feedback_send.click(comment, [feedback_text, session], [feedback_text, feedback_status])
+        show_details.change(lambda shown: gr.update(visible=shown), show_details, side)
+
+        conversation_outputs = [chatbot, session, *panel_outputs, conversations, title]
+        new.click(new_conversation, None, conversation_outputs)
+        conversations.input(resume, conversations, conversation_outputs)
+        rename_button.click(rename, [title, session], conversations)
+        delete_button.click(delete_conversation, session, conversation_outputs)
+
+        upload_button.click(
+            upload,
+            [files, to_shared],
+            [upload_status, files, documents, to_delete],
+            concurrency_limit=1,
+        )
+        delete_doc.click(delete_document, to_delete, [upload_status, documents, to_delete])
+        chat.load(
+            on_load,
+            None,
+            [signed_in, conversations, documents, to_delete, to_shared, quarantine_tab, quarantine],
         )
     return chat
 
 
+def mount_chat(app: FastAPI, pipeline: Pipeline, settings: Settings, path: str = "/") -> FastAPI:
+    """Mount the chat on a FastAPI app at `path`, behind the login the settings configure."""
+    chat_settings = settings.chat
+    check = password_check(chat_settings)
+    logout = f"{path.rstrip('/')}/logout" if check is not None else None
+    chat = build_chat(pipeline, settings, logout_url=logout)
+    return gr.mount_gradio_app(
+        app,
+        chat,
+        path=path,
+        auth=check,
+        auth_dependency=trusted_header_user(chat_settings),
+        footer_links=[],
+        # Gradio would otherwise keep every run (questions and answers) in the browser's
+        # storage, outside the pseudonymised history.
+        run_history=False,
+        max_file_size=chat_settings.max_upload_bytes,
+        ssr_mode=False,
+        css=_CSS,
+    )
+
+
 def serve_chat(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
     pipeline = build_pipeline(settings)
     # Load the model before the page opens, so the first question does not wait for it.
     start_engines(pipeline)
-    build_chat(pipeline).queue().launch(server_name=host, server_port=port, footer_links=[])
+    app = mount_chat(FastAPI(), pipeline, settings, path="/")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -18,10 +18,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
-from rag.compose import build_guard_checker, build_pipeline, build_store, shutdown_engines
+from rag.compose import (
+    build_embedder,
+    build_guard_checker,
+    build_pipeline,
+    build_router,
+    build_store,
+    shutdown_engines,
+)
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
 from rag.pipeline import QuestionError, validate_question
+from rag.router import RouterError
 from rag.schema import Answer, Final, Retraction, TextDelta
 from rag.settings import Settings, SettingsError, load_settings
 from rag.store import StoreError
@@ -53,6 +61,7 @@ USER_ERRORS = (
     ModelMissing,
     ModelUnavailable,
     QuestionError,
+    RouterError,
 )
 
 
@@ -241,6 +250,39 @@ def ask(
 
 
 @app.command()
+def route(
+    question: Annotated[str, typer.Argument(help="The question to route.")],
+    hint: Annotated[
+        list[str] | None,
+        typer.Option("--hint", help="A task name or keyword, as a caller's task hint (repeat it)."),
+    ] = None,
+    profile: ProfileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Show which task a question is and which model would answer it, without asking it."""
+    settings = _settings(profile)
+    try:
+        router = build_router(settings, build_embedder(settings), settings.generation.models)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    hints = tuple(hint or ())
+    # The first call pays one-off start-up costs (kernels, tokenizer), not a route's.
+    router.route(question, hints)
+    started = time.perf_counter()
+    decision = router.route(question, hints)
+    ms = round((time.perf_counter() - started) * 1000, 2)
+    if as_json:
+        sys.stdout.write(json.dumps({**asdict(decision), "ms": ms}) + "\n")
+        return
+    console.print(f"task:       {decision.task}", highlight=False)
+    console.print(f"model:      {decision.model}", highlight=False)
+    console.print(f"confidence: {decision.confidence:.2f}", highlight=False)
+    console.print(f"runner-up:  {decision.runner_up or '-'}", highlight=False)
+    console.print(f"reason:     {decision.reason}", highlight=False, markup=False)
+    console.print(f"ms:         {ms:.1f}", highlight=False)
+
+
+@app.command()
 def chat(
     profile: ProfileOption = None,
     host: Annotated[
@@ -256,6 +298,34 @@ def chat(
         serve_chat(settings, host or settings.chat.host, port or settings.chat.port)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@app.command()
+def serve(
+    profile: ProfileOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on (default: api.host).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: api.port, 8080).")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API (/v1) and the chat (/chat) on one port."""
+    from ui.serve import UnsafeBinding
+    from ui.serve import serve as serve_app
+
+    settings = _settings(profile)
+    try:
+        serve_app(settings, host or settings.api.host, port or settings.api.port)
+    except (*USER_ERRORS, UnsafeBinding) as exc:
+        _fail(exc)
+
+
+@app.command("hash-password")
+def hash_password_command() -> None:
+    """Hash a chat password (scrypt) for the profile's chat.users; read from the prompt."""
+    from ui.auth import hash_password
+
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    typer.echo(hash_password(password))
 
 
 @quarantine_app.command("list")

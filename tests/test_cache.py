@@ -1,0 +1,98 @@
+"""The answer cache on the real pipeline: exact and semantic hits, per-user scope, no PII
+ever cached, and invalidation when ingestion changes the chunks an answer used."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.run import build_ingest_parts, ingest_folder
+from rag.cache import AnswerCache
+from rag.compose import build_pipeline
+from rag.pipeline import Conversation, Pipeline
+from rag.schema import Answer
+from tests.conftest import local_settings
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the minimum password length?"
+
+
+def cached(pipeline: Pipeline, threshold: float | None = 0.9) -> Pipeline:
+    cache = AnswerCache(ttl_s=3600, max_entries=100, semantic_threshold=threshold)
+    return Pipeline(pipeline.settings, replace(pipeline.stages, cache=cache))
+
+
+def cache_stage(answer: Answer) -> str:
+    stage = next(s for s in answer.stages if s.name == "cache")
+    return f"{stage.status}: {stage.detail}"
+
+
+async def test_a_repeated_question_is_answered_from_the_cache(pipeline: Pipeline) -> None:
+    with_cache = cached(pipeline)
+    first = await with_cache.ask(QUESTION, Conversation(user="ann"))
+    again = await with_cache.ask("  what is the MINIMUM password length ", Conversation(user="ann"))
+    assert cache_stage(first) == "ran: miss" and first.status == "answered"
+    assert cache_stage(again).startswith("ran: hit: exact")
+    assert again.text == first.text
+    assert [c.chunk_id for c in again.citations] == [c.chunk_id for c in first.citations]
+    assert "generate" not in {s.name for s in again.stages}
+    assert {v.guard for v in again.verdicts} == {"pii", "injection", "llama_guard"}
+
+
+async def test_a_paraphrase_retrieving_the_same_chunks_is_a_semantic_hit(
+    pipeline: Pipeline,
+) -> None:
+    paraphrase = "What's the minimum length for a password?"
+    embed = pipeline.stages.embedder.embed_query
+    similarity = float(np.dot(embed(QUESTION), embed(paraphrase)))
+    with_cache = cached(pipeline, threshold=similarity - 0.01)
+    first = await with_cache.ask(QUESTION, Conversation(user="ann"))
+    again = await with_cache.ask(paraphrase, Conversation(user="ann"))
+    if [c.chunk_id for c in again.citations] != [c.chunk_id for c in first.citations]:
+        assert cache_stage(again) == "ran: miss", "other chunks: never the same answer"
+    else:
+        assert cache_stage(again).startswith("ran: hit: semantic")
+        assert again.text == first.text
+    unrelated = await with_cache.ask("Who approves travel expenses?", Conversation(user="ann"))
+    assert cache_stage(unrelated) == "ran: miss"
+
+
+async def test_another_user_never_gets_an_entry(pipeline: Pipeline) -> None:
+    with_cache = cached(pipeline)
+    await with_cache.ask(QUESTION, Conversation(user="ann"))
+    other = await with_cache.ask(QUESTION, Conversation(user="bob"))
+    assert cache_stage(other) == "ran: miss"
+
+
+async def test_questions_with_personal_data_are_never_cached(pipeline: Pipeline) -> None:
+    with_cache = cached(pipeline)
+    question = "I am Ada Lovelace. What is the minimum password length?"
+    first = await with_cache.ask(question, Conversation(user="ann"))
+    again = await with_cache.ask(question, Conversation(user="ann"))
+    assert cache_stage(first).startswith("skipped: bypassed: the conversation holds personal")
+    assert cache_stage(again).startswith("skipped:")
+    assert len(with_cache.stages.cache or []) == 0
+
+
+async def test_changing_a_document_invalidates_answers_that_used_it(
+    pipeline: Pipeline, examples_copy: Path, tmp_path: Path
+) -> None:
+    settings = local_settings(tmp_path / "data")
+    parts = build_ingest_parts(settings)
+    ingest_folder(examples_copy, parts)
+    with_cache = cached(build_pipeline(settings))
+    first = await with_cache.ask(QUESTION, Conversation(user="ann"))
+    source = examples_copy / Path(first.citations[0].path).relative_to("handbook-copy")
+    hit = await with_cache.ask(QUESTION, Conversation(user="ann"))
+    assert cache_stage(hit).startswith("ran: hit: exact")
+
+    source.write_text(source.read_text().replace("14", "16"))
+    report = ingest_folder(examples_copy, build_ingest_parts(settings))
+    assert report.updated == [first.citations[0].path]
+    after = await with_cache.ask(QUESTION, Conversation(user="ann"))
+    assert cache_stage(after) == "ran: miss"
+    assert after.citations[0].chunk_id != first.citations[0].chunk_id

@@ -1,0 +1,348 @@
+"""The guarded, OpenAI-compatible API: `/v1/chat/completions` (streamed or not), `/v1/models`,
+`/healthz`, `/readyz` and `/metrics`.
+
+Every request takes the same guarded path as the chat. Verdicts, citations, the route and
+timings travel in an extra `guardrag` field, which the official `openai` client keeps (as
+`model_extra`). Under load the API answers 200, 429 (this key's rate limit) or 503 (saturated,
+or a model down), never 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from limits import parse as parse_rate
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
+from rag.schema import Answer, ChatMessage, Final, Retraction, StreamEvent, TextDelta
+from rag.settings import Settings
+from rag.telemetry import PrometheusTelemetry
+
+log = logging.getLogger(__name__)
+
+# The model id that lets the router choose; a name from generation.models fixes the model.
+AUTO_MODEL = "guardrag"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_Part] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class _GuardragOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_hints: list[str] = Field(default_factory=list)
+    top_k: int | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI request fields guardrag uses; sampling fields are accepted and ignored
+    (the profile decides them, so every answer passes the same checks)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = AUTO_MODEL
+    messages: list[_Message]
+    stream: bool = False
+    guardrag: _GuardragOptions = Field(default_factory=_GuardragOptions)
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def answer_extra(answer: Answer) -> dict[str, Any]:
+    """What the API tells a caller beyond the text: never the prompt or pseudonymised text."""
+    return {
+        "request_id": answer.request_id,
+        "status": answer.status,
+        "route": None if answer.route is None else asdict(answer.route),
+        "verdicts": [
+            {k: v for k, v in asdict(verdict).items() if k != "sanitized_text"}
+            for verdict in answer.verdicts
+        ],
+        "citations": [asdict(c) for c in answer.citations],
+        "stages": [asdict(s) for s in answer.stages],
+        "first_token_ms": answer.first_token_ms,
+    }
+
+
+def _finish_reason(answer: Answer) -> str:
+    # OpenAI's own name for text a content filter withheld.
+    return "stop" if answer.status == "answered" else "content_filter"
+
+
+class Admission:
+    """Who is asking (from the bearer key), at what rate, and whether there is room."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = settings.api.keys
+        self.rate = parse_rate(settings.api.rate_limit)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.max_concurrent = settings.api.max_concurrent
+        self.in_flight = 0
+
+    def user_for(self, request: Request) -> str | None:
+        """The caller's user id (a hash of their key), or None when the key is wrong."""
+        if not self.keys:
+            return "api"
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            return None
+        for known in self.keys:
+            if hmac.compare_digest(key.encode(), known.encode()):
+                return "key-" + hashlib.sha256(known.encode()).hexdigest()[:12]
+        return None
+
+    def within_rate(self, user: str) -> bool:
+        return self.limiter.hit(self.rate, user)
+
+    def retry_after_s(self, user: str) -> int:
+        reset_at, _ = self.limiter.get_window_stats(self.rate, user)
+        return max(1, int(reset_at - time.time()) + 1)
+
+
+def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemetry) -> FastAPI:
+    app = FastAPI(title="guardrag", version="0.1.0", docs_url="/docs")
+    admission = Admission(settings)
+    pii = pipeline.stages.pii
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # A fault below us (store, model server) must not become a 500 for the caller;
+        # the log holds the traceback under this id.
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("request failed (error id %s)", error_id)
+        return _error(503, f"the request could not be served (error id {error_id})", "unavailable")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        # Liveness: this process serves. Model replicas' state is reported, not required.
+        return {"status": "ok", "models": pipeline.stages.pool.status()}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        status = pipeline.stages.pool.status()
+        ready = all(any(r["healthy"] for r in replicas) for replicas in status.values())
+        return JSONResponse({"ready": ready, "models": status}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        if admission.user_for(request) is None:
+            return _error(401, "a valid bearer key is required", "invalid_api_key")
+        created = int(time.time())
+        ids = [AUTO_MODEL, *pipeline.stages.pool.models]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": i, "object": "model", "created": created, "owned_by": "guardrag"}
+                    for i in ids
+                ],
+            }
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        user = admission.user_for(request)
+        if user is None:
+            return _error(401, "a valid bearer key is required", "invalid_api_key")
+        if not admission.within_rate(user):
+            return _error(
+                429,
+                f"rate limit {settings.api.rate_limit} for this key reached",
+                "rate_limit_exceeded",
+                {"Retry-After": str(admission.retry_after_s(user))},
+            )
+        if admission.in_flight >= admission.max_concurrent:
+            return _error(
+                503,
+                f"{admission.in_flight} requests in progress (limit {admission.max_concurrent})",
+                "overloaded",
+                {"Retry-After": "1"},
+            )
+        admission.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                admission.in_flight -= 1
+
+        try:
+            questions = [m for m in body.messages if m.role == "user"]
+            if not questions:
+                release()
+                return _error(400, "messages hold no user message", "invalid_request_error")
+            model = None if body.model in (AUTO_MODEL, "auto") else body.model
+            options = AskOptions(
+                task_hints=tuple(body.guardrag.task_hints), model=model, top_k=body.guardrag.top_k
+            )
+            conversation = Conversation(user=user)
+            conversation.turns = _earlier_turns(body.messages, conversation, pii)
+            events = pipeline.stream(questions[-1].text, conversation, options)
+            # Read up to the first text (or the end) before answering, so a request that
+            # fails early gets its real status instead of a 200 stream holding an error.
+            first: list[StreamEvent] = []
+            async for event in events:
+                first.append(event)
+                if isinstance(event, TextDelta | Final):
+                    break
+        except QuestionError as exc:
+            release()
+            return _error(400, str(exc), "invalid_request_error")
+        except BaseException:
+            release()
+            raise
+
+        final = next((e for e in first if isinstance(e, Final)), None)
+        if final is not None and final.answer.status in ("failed", "busy"):
+            release()
+            return _error(503, final.answer.text, "model_unavailable", {"Retry-After": "2"})
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        model_name = body.model
+        if not body.stream:
+            try:
+                answer = final.answer if final else await _final_answer(events)
+            finally:
+                release()
+            if answer.status in ("failed", "busy"):
+                return _error(503, answer.text, "model_unavailable", {"Retry-After": "2"})
+            return JSONResponse(_completion(completion_id, model_name, answer))
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                yield _chunk(completion_id, model_name, {"role": "assistant", "content": ""})
+                async for event in _chain(first, events):
+                    if isinstance(event, TextDelta):
+                        yield _chunk(completion_id, model_name, {"content": event.text})
+                    elif isinstance(event, Retraction):
+                        # Clients that read `guardrag` replace what they showed; the refusal
+                        # follows as content with finish_reason content_filter.
+                        yield _chunk(
+                            completion_id,
+                            model_name,
+                            {"content": ""},
+                            extra={"retracted": True, "reason": event.reason},
+                        )
+                    elif isinstance(event, Final):
+                        answer = event.answer
+                        if answer.status != "answered":
+                            yield _chunk(completion_id, model_name, {"content": answer.text})
+                        yield _chunk(
+                            completion_id,
+                            model_name,
+                            {},
+                            finish_reason=_finish_reason(answer),
+                            extra=answer_extra(answer),
+                        )
+                yield "data: [DONE]\n\n"
+            finally:
+                release()
+                # A caller that hangs up mid-answer stops the generation too.
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    return app
+
+
+def _earlier_turns(
+    messages: list[_Message], conversation: Conversation, pii: Any
+) -> list[ChatMessage]:
+    """The exchange before the question, pseudonymised with this request's vault so names
+    in it get the same placeholders as in the question. Callers' system messages are not
+    used: the profile's system prompt is part of the guarded path."""
+    turns = [m for m in messages[:-1] if m.role in ("user", "assistant")][-2:]
+    return [
+        ChatMessage(m.role, pii.pseudonymise(m.text, conversation.vault)[0])  # type: ignore[arg-type]
+        for m in turns
+    ]
+
+
+async def _chain(
+    first: list[StreamEvent], rest: AsyncIterator[StreamEvent]
+) -> AsyncIterator[StreamEvent]:
+    for event in first:
+        yield event
+    async for event in rest:
+        yield event
+
+
+async def _final_answer(events: AsyncIterator[StreamEvent]) -> Answer:
+    async for event in events:
+        if isinstance(event, Final):
+            return event.answer
+    raise RuntimeError("the pipeline ended without an answer")
+
+
+def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": _finish_reason(answer),
+            }
+        ],
+        "guardrag": answer_extra(answer),
+    }
+
+
+def _chunk(
+    completion_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    chunk: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    if extra is not None:
+        chunk["guardrag"] = extra
+    return f"data: {json.dumps(chunk)}\n\n"

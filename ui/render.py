@@ -1,0 +1,179 @@
+"""What the chat page shows, as text it cannot be tricked by: model output as Markdown with raw
+HTML escaped and images removed, document text escaped, verdicts as chips."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guardrails.verdict import Verdict
+from rag.schema import Answer, StageReport
+
+# Inline and reference-style images (`![alt](url)`, `![alt][ref]`): a browser fetches an
+# image's URL as soon as it renders, so a URL carrying data would leak it without a click.
+_MARKDOWN_IMAGE = re.compile(r"!\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])")
+# Autolinks `<https://…>` are the one HTML-looking Markdown form worth keeping readable.
+_CHIP_COLOURS = {
+    "allow": "#1a7f37",
+    "redact": "#9a6700",
+    "warn": "#9a6700",
+    "block": "#cf222e",
+    "unavailable": "#6e7781",
+}
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]{3,}")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+
+
+def safe_markdown(text: str) -> str:
+    """Model output as Markdown the page can render safely: every `<`, `>` and `&` escaped
+    (no tag, attribute or script survives, whatever the sanitiser keeps), images removed."""
+    without_images = _MARKDOWN_IMAGE.sub(lambda m: f"[image removed: {m.group(1)}]", text)
+    return html.escape(without_images, quote=False)
+
+
+@dataclass(frozen=True)
+class ChipView:
+    guard: str
+    outcome: str
+    label: str
+    reason: str
+
+
+def verdict_label(verdict: Verdict) -> str:
+    if verdict.guard == "pii" and verdict.outcome != "unavailable":
+        if verdict.action == "redact":
+            count = verdict.reason.split(" ", 1)[0] if verdict.flagged else "0"
+            return f"PII: {count} pseudonymised"
+        return "PII: none found" if verdict.outcome == "allow" else f"PII: {verdict.action}"
+    if verdict.guard == "injection" and verdict.outcome != "unavailable":
+        return f"injection: {verdict.score:.2f} ({verdict.action})"
+    if verdict.guard == "llama_guard":
+        if verdict.outcome == "allow":
+            return "Llama Guard: safe"
+        if verdict.outcome == "unavailable":
+            return f"Llama Guard: unavailable, {verdict.policy or 'no policy'}"
+        return f"Llama Guard: unsafe {', '.join(verdict.categories)}"
+    if verdict.outcome == "unavailable":
+        return f"{verdict.guard}: unavailable, {verdict.policy or 'no policy'}"
+    return f"{verdict.guard}: {verdict.outcome}"
+
+
+def chip_view(verdict: Verdict) -> ChipView:
+    return ChipView(verdict.guard, verdict.outcome, verdict_label(verdict), verdict.reason)
+
+
+def chips_html(chips: Sequence[ChipView]) -> str:
+    if not chips:
+        return "<em>Verdicts appear here.</em>"
+    spans = []
+    for chip in chips:
+        colour = _CHIP_COLOURS.get(chip.outcome, "#6e7781")
+        spans.append(
+            f'<span class="guard-chip" data-guard="{html.escape(chip.guard)}" '
+            f'data-outcome="{html.escape(chip.outcome)}" title="{html.escape(chip.reason)}" '
+            'style="display:inline-block;margin:2px;padding:2px 8px;border-radius:12px;'
+            f'color:white;background:{colour};font-size:0.85em">{html.escape(chip.label)}</span>'
+        )
+    return "".join(spans)
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """One citation as the page shows it; `text` is empty for answers resumed from history
+    (passages are not copied into the history database)."""
+
+    number: int
+    location: str
+    score: float
+    text: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"[{self.number}] {self.location} (score {self.score:.3f})"
+
+
+def sources_of(answer: Answer) -> tuple[SourceView, ...]:
+    return tuple(SourceView(c.number, c.location, c.score, c.text) for c in answer.citations)
+
+
+def highlight_passage(text: str, answer: str) -> str:
+    """The passage escaped, its sentences that share words with the answer marked."""
+    answer_words = {w.lower() for w in _WORD.findall(answer)}
+    pieces = []
+    for sentence in _SENTENCE_END.split(text):
+        escaped = html.escape(sentence)
+        shared = {w.lower() for w in _WORD.findall(sentence)} & answer_words
+        # Two shared words: one alone ("leave", "days") marks half of any handbook.
+        pieces.append(f"<mark>{escaped}</mark>" if len(shared) >= 2 else escaped)
+    return " ".join(pieces)
+
+
+def passage_html(source: SourceView, answer: str) -> str:
+    heading = f"<h4 class='passage-location'>[{source.number}] {html.escape(source.location)}</h4>"
+    if not source.text:
+        return heading + (
+            "<p><em>This answer was resumed from history; passages are not stored there. "
+            "Ask again to read the passage.</em></p>"
+        )
+    body = highlight_passage(source.text, answer)
+    return f"{heading}<div class='passage' style='white-space:pre-wrap'>{body}</div>"
+
+
+@dataclass(frozen=True)
+class RouteView:
+    task: str
+    model: str
+    confidence: float
+    reason: str
+
+
+def details_markdown(
+    route: RouteView | None, stages: Sequence[StageReport], first_token_ms: float | None
+) -> str:
+    lines = []
+    if route is not None:
+        reason = html.escape(route.reason)
+        lines.append(
+            f"**Route:** {html.escape(route.task)} → `{html.escape(route.model)}` "
+            f"(confidence {route.confidence:.2f}; {reason})"
+        )
+    if first_token_ms is not None:
+        lines.append(f"**First token:** {first_token_ms:.0f} ms")
+    if stages:
+        lines.append("\n| stage | status | ms | detail |\n|---|---|---|---|")
+        for s in stages:
+            detail = html.escape(s.detail).replace("|", "\\|")
+            lines.append(f"| {s.name} | {s.status} | {s.ms:.1f} | {detail} |")
+    return "\n".join(lines) or "_No route: the question stopped before routing._"
+
+
+@dataclass(frozen=True)
+class AnswerView:
+    """Everything the side panels show for one answer; also what history keeps of it."""
+
+    request_id: str
+    status: str
+    text: str
+    chips: tuple[ChipView, ...] = ()
+    sources: tuple[SourceView, ...] = ()
+    route: RouteView | None = None
+    stages: tuple[StageReport, ...] = ()
+    first_token_ms: float | None = None
+
+
+def answer_view(answer: Answer, shown_text: str) -> AnswerView:
+    route = answer.route
+    return AnswerView(
+        request_id=answer.request_id,
+        status=answer.status,
+        text=shown_text,
+        chips=tuple(chip_view(v) for v in answer.verdicts),
+        sources=sources_of(answer),
+        route=None
+        if route is None
+        else RouteView(route.task, route.model, route.confidence, route.reason),
+        stages=answer.stages,
+        first_token_ms=answer.first_token_ms,
+    )
