@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install models demo chat test lint format bench-ingest bench-guards
+.PHONY: install models demo chat serve test lint format eval bench bench-ingest bench-guards bench-serving validate-deploy
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: models
 chat: install
 	$(BIN)/guardrag chat
 
+# The OpenAI-compatible API (/v1) and the chat (/chat) on one port (8080).
+serve: models
+	$(BIN)/guardrag serve
+
 test: models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -60,3 +64,20 @@ bench-ingest: install $(LLAMAINDEX_DIR)/.installed
 # Guard latency: per-guard p50/p95 and the guards' share of whole requests against generation.
 bench-guards: models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m evals.bench_guards
+
+# Serving: 8 concurrent chats' wall time against one chat's, router ms per call, cache hits.
+bench-serving: models
+	HF_HUB_OFFLINE=1 $(BIN)/python -m evals.bench_serving
+
+# Offline evaluation: every suite on ../shared/eval-data, report in eval-report/ (4-8 min).
+eval: models $(LLAMAINDEX_DIR)/.installed
+	$(BIN)/guardrag eval --out eval-report
+
+# Every benchmark (ingest, guards, serving) in one table of same-run ratios; each runs in a
+# process of its own, the ingest one with stock LlamaIndex's folder on its path.
+bench: models $(LLAMAINDEX_DIR)/.installed
+	$(BIN)/python -m evals.bench
+
+# Deploy files: strict Kubernetes schemas, compose spec, hadolint, profile consistency.
+validate-deploy: install
+	$(BIN)/python -m pytest tests/test_deploy.py

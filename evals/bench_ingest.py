@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import tempfile
@@ -23,7 +22,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from evals.retrieval import KS, RetrievalScores, evaluate
+from evals.bench import BenchRow
+from evals.retrieval import QAQuestion, RetrievalScores, evaluate, load_questions, scores_from
 from ingest.chunking import chunk_text
 from ingest.readers import Document, ReadLimits, read_document
 from ingest.run import IngestParts, build_ingest_parts, ingest_folder
@@ -53,16 +53,6 @@ LLAMAINDEX_MODULES = (
 )
 
 console = Console(stderr=True)
-
-
-@dataclass(frozen=True)
-class Row:
-    measure: str
-    guardrag: str
-    baseline: str
-    ratio: str
-    target: str = ""
-    met: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -284,25 +274,11 @@ def unembedded_share(texts: Sequence[str], tokenizer: Any, window: int = 256) ->
     return sum(max(0, n - window) for n in lengths) / max(1, sum(lengths))
 
 
-def llamaindex_retrieval(index: Any, questions: list[dict[str, str]]) -> RetrievalScores:
+def llamaindex_retrieval(index: Any, questions: list[QAQuestion]) -> RetrievalScores:
     # As evals/retrieval.py: the top chunks, deduplicated to documents, ranked by first hit.
-    retriever = index.as_retriever(similarity_top_k=max(KS) * 4)
-    ranks: list[int | None] = []
+    from evals.llamaindex_baseline import llamaindex_ranked
 
-    def ask(row: dict[str, str]) -> None:
-        nodes = retriever.retrieve(row["question"])
-        docs = list(dict.fromkeys(n.node.metadata["file_name"] for n in nodes))
-        ranks.append(docs.index(row["doc"]) + 1 if row["doc"] in docs else None)
-
-    spent = latency(lambda i: ask(questions[i]), len(questions))
-    return RetrievalScores(
-        mode="stock LlamaIndex",
-        questions=len(ranks),
-        hit_at={k: sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in KS},
-        mrr=statistics.fmean(1 / r if r else 0.0 for r in ranks),
-        p50_ms=spent.p50,
-        p95_ms=spent.p95,
-    )
+    return scores_from("stock LlamaIndex", llamaindex_ranked(index, questions))
 
 
 # ---------------------------------------------------------------- the store at scale
@@ -408,12 +384,12 @@ def bench_client(load: SearchLoad, path: Path, size: int) -> ClientFigures:
 # ---------------------------------------------------------------- the table
 
 
-def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[Row]:
+def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[BenchRow]:
     n = len(run.chunks)
     speed, raw = n / run.seconds, n / run.encode_seconds
     share = run.reingest_seconds / run.seconds
     rows = [
-        Row(
+        BenchRow(
             f"ingest throughput vs bare encode(batch_size=32), same {n} texts",
             f"{speed:.1f} chunks/s",
             f"{raw:.1f} chunks/s",
@@ -421,7 +397,7 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[Row]:
             "≥ 0.9",
             speed / raw >= 0.9,
         ),
-        Row(
+        BenchRow(
             f"re-ingest of the unchanged corpus vs first ingest ({run.files} files)",
             f"{run.reingest_seconds:.2f} s",
             f"{run.seconds:.1f} s",
@@ -433,7 +409,7 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[Row]:
     per_100 = 100 * run.seconds / len(run.chunks)
     for stage, seconds in stages.items():
         rows.append(
-            Row(
+            BenchRow(
                 f"  s per 100 chunks, stage alone in 1 thread: {stage}",
                 f"{seconds:.2f}",
                 f"{per_100:.2f} ingest",
@@ -443,12 +419,12 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[Row]:
     return rows
 
 
-def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any) -> list[Row]:
+def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any) -> list[BenchRow]:
     ours_chunks, theirs_chunks = len(run.chunks) / run.seconds, stock.nodes / stock.seconds
     ours_files, theirs_files = run.files / run.seconds, stock.files / stock.seconds
     ours_cut = unembedded_share(run.texts, tokenizer)
     return [
-        Row(
+        BenchRow(
             f"chunks/s vs stock LlamaIndex ({len(run.chunks)} chunks vs {stock.nodes} nodes)",
             f"{ours_chunks:.1f}",
             f"{theirs_chunks:.1f}",
@@ -456,7 +432,7 @@ def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any
             "≥ 2",
             ours_chunks / theirs_chunks >= 2,
         ),
-        Row(
+        BenchRow(
             f"files/s vs stock LlamaIndex ({run.files} vs {stock.files} files)",
             f"{ours_files:.2f}",
             f"{theirs_files:.2f}",
@@ -464,7 +440,7 @@ def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any
             "≥ 2",
             ours_files / theirs_files >= 2,
         ),
-        Row(
+        BenchRow(
             "  chunk text past the embedder's 256-token window (never embedded)",
             f"{ours_cut:.0%}",
             f"{stock.unembedded_share:.0%}",
@@ -473,11 +449,11 @@ def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any
     ]
 
 
-def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int) -> list[Row]:
+def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int) -> list[BenchRow]:
     big, base = f"@{points // 1000}k", f"qdrant-client local @{small // 1000}k"
 
-    def search(measure: str, ours: Latency, theirs: Latency, target: bool) -> Row:
-        return Row(
+    def search(measure: str, ours: Latency, theirs: Latency, target: bool) -> BenchRow:
+        return BenchRow(
             f"{measure} p50 / p95 (n={ours.queries} vs {theirs.queries})",
             str(ours),
             f"{theirs} {base}",
@@ -488,7 +464,7 @@ def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int
 
     ours_rate, theirs_rate = points / edge.upsert_s, small / client.upsert_s
     return [
-        Row(
+        BenchRow(
             f"store upsert, points/s (Edge {big} vs {base})",
             f"{ours_rate:,.0f}",
             f"{theirs_rate:,.0f}",
@@ -506,13 +482,13 @@ def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int
         ),
         search(f"hybrid search, Edge exact {big}", edge.hybrid, client.hybrid, True),
         search(f"hybrid search, Edge HNSW {big}", edge.hnsw_hybrid, client.hybrid, True),
-        Row(
+        BenchRow(
             f"  HNSW recall@10 vs exact {big} (random vectors: the worst case)",
             f"{edge.hnsw_recall:.3f}",
             "1.000 exact",
             f"{edge.hnsw_recall:.3f}",
         ),
-        Row(
+        BenchRow(
             f"  optimize() {big} (blocks) vs the upsert it follows",
             f"{edge.optimize_s:.1f} s",
             f"{edge.upsert_s:.1f} s",
@@ -521,7 +497,9 @@ def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int
     ]
 
 
-def retrieval_rows(scores: dict[str, RetrievalScores], stock: RetrievalScores | None) -> list[Row]:
+def retrieval_rows(
+    scores: dict[str, RetrievalScores], stock: RetrievalScores | None
+) -> list[BenchRow]:
     hybrid, dense = scores["hybrid"], scores["dense"]
     metrics: list[tuple[str, Callable[[RetrievalScores], float]]] = [
         ("hit@1", lambda s: s.hit_at[1]),
@@ -533,7 +511,7 @@ def retrieval_rows(scores: dict[str, RetrievalScores], stock: RetrievalScores | 
         pairs = [("dense", dense)] + ([("stock LlamaIndex", stock)] if stock else [])
         for label, base in pairs:
             rows.append(
-                Row(
+                BenchRow(
                     f"{name}, hybrid vs {label} ({hybrid.questions} questions, doc level)",
                     f"{value(hybrid):.3f}",
                     f"{value(base):.3f}",
@@ -542,7 +520,7 @@ def retrieval_rows(scores: dict[str, RetrievalScores], stock: RetrievalScores | 
             )
     base = stock or dense
     rows.append(
-        Row(
+        BenchRow(
             f"retrieval end to end (embed + search) p50 / p95, hybrid vs {base.mode}",
             f"{hybrid.p50_ms:.1f} / {hybrid.p95_ms:.1f} ms",
             f"{base.p50_ms:.1f} / {base.p95_ms:.1f} ms",
@@ -552,7 +530,7 @@ def retrieval_rows(scores: dict[str, RetrievalScores], stock: RetrievalScores | 
     return rows
 
 
-def render(groups: list[list[Row]], title: str) -> Table:
+def render(groups: list[list[BenchRow]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("measure", "guardrag", "baseline", "ratio", "target", ""):
         table.add_column(column, justify="left" if column == "measure" else "right")
@@ -588,13 +566,13 @@ def compare_with_llamaindex(
     args: argparse.Namespace,
     settings: Settings,
     run: GuardragIngest,
-    questions: list[dict[str, str]],
+    questions: list[QAQuestion],
     scratch: Path,
-) -> tuple[list[Row], RetrievalScores | None]:
+) -> tuple[list[BenchRow], RetrievalScores | None]:
     missing = llamaindex_missing()
     if missing:
         why = f"not importable: {', '.join(missing)}"
-        return [Row("stock LlamaIndex comparison: skipped", "", why, "")], None
+        return [BenchRow("stock LlamaIndex comparison: skipped", "", why, "")], None
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     model = resolve_model(settings.embedder.model, settings.models_dir)
@@ -612,7 +590,8 @@ def compare_with_llamaindex(
     return rows, scores
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]]]:
+    """The whole benchmark: the table's title and its groups of rows."""
     args = parse_args(argv)
     if not (args.dataset / "questions.jsonl").is_file():
         raise SystemExit(
@@ -624,8 +603,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_at_start = os.getloadavg()[0]
     # Both Qdrant baselines run qdrant-client's local mode, which warns on every payload index.
     warnings.filterwarnings("ignore", message="Payload indexes have no effect")
-    with (args.dataset / "questions.jsonl").open(encoding="utf-8") as lines:
-        questions = [json.loads(line) for line in lines]
+    questions = load_questions(args.dataset)
     with tempfile.TemporaryDirectory(prefix="guardrag-bench-") as tmp:
         scratch = Path(tmp)
         settings = load_settings(data_dir=scratch / "guardrag")
@@ -646,12 +624,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             run.chunks,
             unit_vectors(args.points),
             unit_vectors(args.queries, seed=1),
-            [q["question"] for q in questions],
+            [q.question for q in questions],
         )
         edge = bench_edge(load, scratch / "edge", args.baseline_points)
         client = bench_client(load, scratch / "qdrant-client", args.baseline_points)
         console.log("guardrag: retrieval on the development set")
-        scores = evaluate(args.dataset, load_settings(data_dir=scratch / "retrieval"))
+        scores = evaluate(args.dataset, load_settings(data_dir=scratch / "retrieval")).scores
     title = (
         f"guardrag ingest benchmark: {len(files)} files ({args.copies} altered copies of "
         f"{args.dataset.name}), {len(run.chunks)} chunks; ratio = guardrag / baseline, both "
@@ -664,6 +642,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         store_rows(edge, client, args.points, args.baseline_points),
         retrieval_rows(scores, stock_scores),
     ]
+    return title, groups
+
+
+def run(argv: Sequence[str] | None = None) -> list[BenchRow]:
+    """For `make bench` (evals/bench.py): the rows, in one list."""
+    _, groups = measure(argv)
+    return [row for group in groups for row in group]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    title, groups = measure(argv)
     out = Console(width=None if Console().is_terminal else 170)
     out.print(render(groups, title))
 

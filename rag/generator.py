@@ -7,6 +7,7 @@ replicas, retrying and failing over belong to the model pool (rag/pool.py), not 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,14 @@ class ReplicaLoad:
     kv_cache_usage: float = 0.0
 
 
+@dataclass(frozen=True)
+class Generation:
+    """A whole answer and how sure the model was: exp(mean log-probability of its tokens)."""
+
+    text: str
+    confidence: float
+
+
 class Replica(Protocol):
     model: str  # the pool's name for the model, e.g. "general"
     where: str  # a URL, or "in-process"
@@ -49,6 +58,12 @@ class Replica(Protocol):
     ) -> AsyncGenerator[str, None]:
         """Stream the answer's text. With `prefix`, continue an answer that another replica
         started (after a failover mid-stream) instead of starting over."""
+        ...
+
+    async def answer(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> Generation:
+        """The whole answer at once, with its confidence (for fan-out and merging)."""
         ...
 
     async def complete(self, prompt: str, max_tokens: int) -> str: ...
@@ -151,6 +166,29 @@ class VLLMInProcess:
             delta = output.outputs[0].text
             if delta:
                 yield delta
+
+    async def answer(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        self.start()
+        prompt = self._prompt(messages, "")
+        params = SamplingParams(
+            temperature=temperature,
+            max_tokens=self._fit(prompt, max_tokens),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            logprobs=0,  # the sampled token's own log-probability only
+        )
+        request_id = f"{self.model}-{next(_request_ids)}"
+        text, cumulative, tokens = "", 0.0, 0
+        async for output in self._engine.generate(prompt, params, request_id=request_id):
+            completion = output.outputs[0]
+            text = completion.text
+            cumulative = completion.cumulative_logprob or 0.0
+            tokens = len(completion.token_ids)
+        return Generation(text, math.exp(cumulative / tokens) if tokens else 0.0)
 
     async def complete(self, prompt: str, max_tokens: int) -> str:
         from vllm import SamplingParams
@@ -275,6 +313,28 @@ class OpenAIReplica:
         # openai's client runs on httpx2: a reset connection mid-stream surfaces raw.
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._failed(exc) from exc
+
+    async def answer(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> Generation:
+        import openai
+
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.served_name,
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                logprobs=True,
+            )
+        except openai.BadRequestError as exc:
+            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise self._failed(exc) from exc
+        choice = response.choices[0]
+        logprobs = [t.logprob for t in (choice.logprobs.content or [])] if choice.logprobs else []
+        confidence = math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
+        return Generation(choice.message.content or "", confidence)
 
     async def complete(self, prompt: str, max_tokens: int) -> str:
         import openai

@@ -21,6 +21,7 @@ from guardrails.verdict import GuardContext, Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, context_digest, normalise_question
 from rag.embedder import SentenceEmbedder
 from rag.generator import ModelUnavailable
+from rag.multi import ChainStep, MergeStrategy, fan_out, merge, run_chain
 from rag.pool import ModelPool, PoolSaturated, Served
 from rag.reranker import CrossEncoderReranker
 from rag.router import TaskRouter
@@ -79,6 +80,11 @@ class AskOptions:
     # A model name from generation.models instead of the router's choice.
     model: str | None = None
     top_k: int | None = None
+    # Several models at once, their answers merged by `merge` (rag/multi.py)...
+    fan_out: tuple[str, ...] = ()
+    merge: MergeStrategy = MergeStrategy.CONSENSUS
+    # ...or models in series, each step seeing the previous step's output.
+    chain: tuple[ChainStep, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,13 @@ class Pipeline:
                 f"unknown model {options.model!r}; choose one of "
                 f"{', '.join(self.stages.pool.models)} or leave it to the router"
             )
+        for named in (*options.fan_out, *(step.model for step in options.chain)):
+            if named not in self.stages.pool:
+                raise QuestionError(
+                    f"unknown model {named!r}; choose from {', '.join(self.stages.pool.models)}"
+                )
+        if options.fan_out and options.chain:
+            raise QuestionError("ask for a fan-out or a chain, not both")
         if options.top_k is not None and not 1 <= options.top_k <= 50:
             raise QuestionError(f"top_k must be between 1 and 50, not {options.top_k}")
         run = _Run(self, validate_question(question), conversation, options)
@@ -348,13 +361,17 @@ class _Run:
         window_checks: list[asyncio.Task[Verdict]] = []
         next_window = window_chars
         unsafe: Verdict | None = None
-        stream = self.s.pool.stream(
-            self.route.model,
-            messages,
-            self.settings.generation.max_tokens,
-            self.settings.generation.temperature,
-            served=served,
-        )
+        multi_detail: list[str] = []
+        if self.options.fan_out or self.options.chain:
+            stream = self._several_models(model_question, messages, multi_detail)
+        else:
+            stream = self.s.pool.stream(
+                self.route.model,
+                messages,
+                self.settings.generation.max_tokens,
+                self.settings.generation.temperature,
+                served=served,
+            )
         try:
             # aclosing: leaving the loop early (an unsafe window) closes the stream at once,
             # which aborts the request in vLLM instead of letting it generate on unseen.
@@ -402,7 +419,7 @@ class _Run:
             "generate",
             "ran" if unsafe is None else "cancelled",
             _ms(generate_started),
-            _served_text(served)
+            (_served_text(served) or "; ".join(multi_detail))
             if unsafe is None
             else "stopped: an output-guard window was unsafe",
         )
@@ -445,14 +462,53 @@ class _Run:
 
     # ---- helpers ----------------------------------------------------------------------
 
+    async def _several_models(
+        self, question: str, messages: Sequence[ChatMessage], detail: list[str]
+    ) -> AsyncGenerator[str, None]:
+        """Fan-out and merge, or a chain: the whole answer arrives at once, as one delta."""
+        generation = self.settings.generation
+        if self.options.chain:
+            outputs = await run_chain(
+                self.s.pool,
+                self.options.chain,
+                messages,
+                generation.max_tokens,
+                generation.temperature,
+            )
+            detail.append("chain: " + " → ".join(o.model for o in outputs))
+            text = outputs[-1].text
+        else:
+            answers = await fan_out(
+                self.s.pool,
+                self.options.fan_out,
+                messages,
+                generation.max_tokens,
+                generation.temperature,
+            )
+            assert self.route is not None
+            merged = await merge(
+                self.options.merge,
+                answers,
+                self.s.pool,
+                question,
+                synthesiser=self.route.model,
+                max_tokens=generation.max_tokens,
+            )
+            detail.append(
+                f"fan-out to {', '.join(a.model for a in answers)}; {merged.strategy}"
+                + (f": {merged.detail}" if merged.detail else "")
+            )
+            text = merged.text
+        yield text
+
     def _cache_key(
         self, model_question: str, messages: Sequence[ChatMessage]
     ) -> tuple[CacheKey | None, str]:
         """The answer's cache key, or why this answer must not be cached."""
         if self.s.cache is None:
             return None, "cache disabled in settings (cache.enabled: false)"
-        if self.options.model is not None:
-            return None, "bypassed: model chosen by the asker"
+        if self.options.model is not None or self.options.fan_out or self.options.chain:
+            return None, "bypassed: models chosen by the asker"
         if len(self.conversation.vault):
             # Placeholders mean somebody's personal data: an answer holding them is never
             # kept, so nobody can be served another conversation's restored values.

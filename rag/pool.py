@@ -13,14 +13,17 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from rag.generator import ModelUnavailable, Replica, ReplicaFailed, ReplicaLoad
+from rag.generator import Generation, ModelUnavailable, Replica, ReplicaFailed, ReplicaLoad
 from rag.schema import ChatMessage
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class PoolSaturated(RuntimeError):
@@ -362,9 +365,27 @@ class ModelPool:
                 return
         raise self._unavailable(model, failures)
 
+    async def answer(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        priority: int = 0,
+    ) -> tuple[Generation, Served]:
+        """A whole answer with its confidence, with the same failover as `stream`."""
+        return await self._call(
+            model, priority, lambda r: r.answer(messages, max_tokens, temperature)
+        )
+
     async def complete(
         self, model: str, prompt: str, max_tokens: int, priority: int = 0
     ) -> tuple[str, Served]:
+        return await self._call(model, priority, lambda r: r.complete(prompt, max_tokens))
+
+    async def _call(
+        self, model: str, priority: int, request: Callable[[Replica], Awaitable[_T]]
+    ) -> tuple[_T, Served]:
         failures: list[str] = []
         for candidate in self._chain(model):
             replicas = self.models[candidate]
@@ -372,7 +393,7 @@ class ModelPool:
                 try:
                     async with replicas.slot(priority, failed) as state:
                         try:
-                            text = await state.replica.complete(prompt, max_tokens)
+                            text = await request(state.replica)
                         except ReplicaFailed:
                             state.breaker.failed()
                             failed.add(replicas.states.index(state))

@@ -27,6 +27,7 @@ from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag.multi import ChainStep, MergeStrategy
 from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
 from rag.schema import Answer, ChatMessage, Final, Retraction, StreamEvent, TextDelta
 from rag.settings import Settings
@@ -56,10 +57,21 @@ class _Message(BaseModel):
         return self.content or ""
 
 
+class _ChainStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    instruction: str
+
+
 class _GuardragOptions(BaseModel):
+    """guardrag's own request options, in an extra `guardrag` object (`extra_body`)."""
+
     model_config = ConfigDict(extra="forbid")
     task_hints: list[str] = Field(default_factory=list)
     top_k: int | None = None
+    fan_out: list[str] = Field(default_factory=list)
+    merge: MergeStrategy = MergeStrategy.CONSENSUS
+    chain: list[_ChainStep] = Field(default_factory=list)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -211,8 +223,14 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                 release()
                 return _error(400, "messages hold no user message", "invalid_request_error")
             model = None if body.model in (AUTO_MODEL, "auto") else body.model
+            extra = body.guardrag
             options = AskOptions(
-                task_hints=tuple(body.guardrag.task_hints), model=model, top_k=body.guardrag.top_k
+                task_hints=tuple(extra.task_hints),
+                model=model,
+                top_k=extra.top_k,
+                fan_out=tuple(extra.fan_out),
+                merge=extra.merge,
+                chain=tuple(ChainStep(step.model, step.instruction) for step in extra.chain),
             )
             conversation = Conversation(user=user)
             conversation.turns = _earlier_turns(body.messages, conversation, pii)

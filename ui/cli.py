@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from evals.cli import eval_command
 from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
 from rag.compose import (
     build_embedder,
@@ -28,7 +29,8 @@ from rag.compose import (
 )
 from rag.generator import ModelUnavailable
 from rag.models import ModelMissing, list_models, pull
-from rag.pipeline import QuestionError, validate_question
+from rag.multi import MergeStrategy
+from rag.pipeline import AskOptions, QuestionError, validate_question
 from rag.router import RouterError
 from rag.schema import Answer, Final, Retraction, TextDelta
 from rag.settings import Settings, SettingsError, load_settings
@@ -49,6 +51,8 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(guard_app, name="guard")
+# `guardrag eval`: its heavy imports happen inside the command.
+app.command("eval")(eval_command)
 
 console = Console()
 err = Console(stderr=True)
@@ -112,7 +116,7 @@ def ingest(
         Path | None, typer.Option("--report", help="Write the run's report as JSON here.")
     ] = None,
 ) -> None:
-    """Ingest a folder (Markdown and text) into the store, incrementally."""
+    """Ingest a folder (PDF, DOCX, HTML, Markdown, text) into the store, incrementally."""
     settings = _settings(profile)
     try:
         with console.status("loading the embedder…"):
@@ -209,9 +213,25 @@ def ask(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole answer as JSON.")
     ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="A model from generation.models instead of the router's.")
+    ] = None,
+    hint: Annotated[
+        list[str] | None, typer.Option("--hint", help="A task hint for the router (repeatable).")
+    ] = None,
+    fan_out: Annotated[
+        list[str] | None,
+        typer.Option("--fan-out", help="Ask these models at once and merge (repeatable)."),
+    ] = None,
+    merge: Annotated[
+        MergeStrategy, typer.Option(help="How --fan-out answers are merged.")
+    ] = MergeStrategy.CONSENSUS,
 ) -> None:
     """Ask one question: the answer streams, then citations, verdicts, route and timings."""
     settings = _settings(profile)
+    options = AskOptions(
+        task_hints=tuple(hint or ()), model=model, fan_out=tuple(fan_out or ()), merge=merge
+    )
     try:
         # Before any model loads: an empty question needs no pipeline to be refused.
         validate_question(question)
@@ -222,7 +242,7 @@ def ask(
         pipeline = build_pipeline(settings)
         answer: Answer | None = None
         try:
-            async for event in pipeline.stream(question):
+            async for event in pipeline.stream(question, options=options):
                 if isinstance(event, TextDelta) and not as_json:
                     console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
                 elif isinstance(event, Retraction) and not as_json:
