@@ -3,7 +3,8 @@
 Layer 1 normalises the text (NFKC, homoglyphs, invisible characters, encoded spans) so that
 obfuscation does not hide an attack; then each layer scores the views: intent rules
 (override, role hijack, prompt extraction, delimiter injection, in several languages),
-similarity to attack exemplars, and a classifier model when one is on disk.
+a logistic regression trained on the project's own banks, similarity to attack exemplars, and a
+classifier model when one is on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity
+from guardrails.injection_learned import LearnedInjectionScorer
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
 
 # Characters that render as nothing or reorder text: used to split keywords invisibly.
@@ -324,13 +326,14 @@ def views_of(text: str) -> list[str]:
 @dataclass(frozen=True)
 class LayerThresholds:
     rules: float = 0.5
+    learned: float = 0.85
     semantic: float = 0.75
     classifier: float = 0.8
 
 
 class InjectionDetector:
-    """The injection guard: rules, exemplar similarity and (when on disk) a classifier, each
-    with its own threshold; any layer over its threshold flags the text."""
+    """The injection guard: rules, the learned layer, exemplar similarity and (when on disk) a
+    classifier, each with its own threshold; any layer over its threshold flags the text."""
 
     name = "injection"
 
@@ -341,8 +344,10 @@ class InjectionDetector:
         classifier: InjectionClassifier | None = None,
         thresholds: LayerThresholds = LayerThresholds(),
         notes: str = "",
+        learned: LearnedInjectionScorer | None = None,
     ) -> None:
         self.rules = rules
+        self.learned = learned
         self.semantic = semantic
         self.classifier = classifier
         self.thresholds = thresholds
@@ -352,6 +357,8 @@ class InjectionDetector:
     def layer_scores(self, text: str) -> dict[str, tuple[float, tuple[str, ...]]]:
         views = views_of(text)
         scores = {"rules": self.rules.score(views)}
+        if self.learned is not None:
+            scores["learned"] = (self.learned.score(views), ("learned",))
         if self.semantic is not None:
             value, family = self.semantic.score(views)
             scores["semantic"] = (value, (f"semantic:{family}",))

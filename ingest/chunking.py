@@ -3,16 +3,39 @@ token limit with overlap. Every chunk keeps its section path and character offse
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 CountTokens = Callable[[str], int]
+# Tokens in text[start:end] of the one text being chunked.
+CountSpan = Callable[[int, int], int]
+
+
+class TokenOffsets:
+    """Token counts of any span of one text from a single tokenizer pass over the whole text.
+
+    Packing asks for the count of many overlapping spans; tokenizing each again cost more than
+    a third of ingest's non-embedding time (make bench-ingest). Every span the chunker asks
+    about starts and ends at whitespace, where WordPiece and BPE pre-tokenizers split anyway,
+    so counting the tokens that start inside the span gives the span's own count.
+    """
+
+    def __init__(self, text: str, tokenizer: Any) -> None:
+        encoded = tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        self._starts = [start for start, _ in encoded["offset_mapping"]]
+
+    def count(self, start: int, end: int) -> int:
+        return bisect.bisect_left(self._starts, end) - bisect.bisect_left(self._starts, start)
 
 
 @dataclass(frozen=True)
@@ -69,7 +92,7 @@ def _paragraphs(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
 
 
 def _split_long(
-    text: str, start: int, end: int, limit: int, count: CountTokens
+    text: str, start: int, end: int, limit: int, count: CountSpan
 ) -> Iterator[tuple[int, int]]:
     """A paragraph over the limit: sentences packed to the limit; a sentence still over it is
     cut on word boundaries."""
@@ -81,7 +104,7 @@ def _split_long(
     spans.append((cursor, end))
     piece_start, piece_end = spans[0]
     for s, e in spans[1:]:
-        if count(text[piece_start:e]) <= limit:
+        if count(piece_start, e) <= limit:
             piece_end = e
         else:
             yield from _cut_words(text, piece_start, piece_end, limit, count)
@@ -90,27 +113,52 @@ def _split_long(
 
 
 def _cut_words(
-    text: str, start: int, end: int, limit: int, count: CountTokens
+    text: str, start: int, end: int, limit: int, count: CountSpan
 ) -> Iterator[tuple[int, int]]:
-    if count(text[start:end]) <= limit:
+    if count(start, end) <= limit:
         yield start, end
         return
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text[start:end])]
     piece_start = 0
     for i in range(1, len(words) + 1):
-        if (
-            i == len(words)
-            or count(text[start + words[piece_start][0] : start + words[i][1]]) > limit
-        ):
+        if i == len(words) or count(start + words[piece_start][0], start + words[i][1]) > limit:
             yield start + words[piece_start][0], start + words[i - 1][1]
             piece_start = i
             if i == len(words):
                 return
 
 
+def chunk_document(
+    text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int, markdown: bool
+) -> list[TextPiece]:
+    """Chunks of `text` measured in `tokenizer`'s tokens (a Hugging Face tokenizer; a fast one
+    is tokenized once, a slow one span by span)."""
+    if getattr(tokenizer, "is_fast", False):
+        count = TokenOffsets(text, tokenizer).count
+    else:
+
+        def count(start: int, end: int) -> int:
+            return len(tokenizer.encode(text[start:end], add_special_tokens=False, verbose=False))
+
+    return chunk_spans(text, count, max_tokens, overlap_tokens, markdown)
+
+
 def chunk_text(
     text: str,
     count_tokens: CountTokens,
+    max_tokens: int,
+    overlap_tokens: int,
+    markdown: bool,
+) -> list[TextPiece]:
+    """Chunks of `text` measured by `count_tokens` on each span's text."""
+    return chunk_spans(
+        text, lambda s, e: count_tokens(text[s:e]), max_tokens, overlap_tokens, markdown
+    )
+
+
+def chunk_spans(
+    text: str,
+    count: CountSpan,
     max_tokens: int,
     overlap_tokens: int,
     markdown: bool,
@@ -122,11 +170,11 @@ def chunk_text(
         for s, e in _paragraphs(text, section.start, section.end):
             if not text[s:e].strip():
                 continue
-            if count_tokens(text[s:e]) > max_tokens:
-                units.extend(_split_long(text, s, e, max_tokens, count_tokens))
+            if count(s, e) > max_tokens:
+                units.extend(_split_long(text, s, e, max_tokens, count))
             else:
                 units.append((s, e))
-        pieces += _pack(text, units, section.path, count_tokens, max_tokens, overlap_tokens)
+        pieces += _pack(text, units, section.path, count, max_tokens, overlap_tokens)
     return pieces
 
 
@@ -134,7 +182,7 @@ def _pack(
     text: str,
     units: list[tuple[int, int]],
     section: str,
-    count: CountTokens,
+    count: CountSpan,
     max_tokens: int,
     overlap_tokens: int,
 ) -> list[TextPiece]:
@@ -145,13 +193,11 @@ def _pack(
     current: list[tuple[int, int]] = []
     for unit in units:
         candidate = [*current, unit]
-        if current and count(text[candidate[0][0] : unit[1]]) > max_tokens:
+        if current and count(candidate[0][0], unit[1]) > max_tokens:
             pieces.append(_piece(text, current, section))
             carry = current[-1]
-            current = (
-                [carry, unit] if count(text[carry[0] : carry[1]]) <= overlap_tokens else [unit]
-            )
-            if count(text[current[0][0] : unit[1]]) > max_tokens:
+            current = [carry, unit] if count(*carry) <= overlap_tokens else [unit]
+            if count(current[0][0], unit[1]) > max_tokens:
                 current = [unit]
         else:
             current = candidate

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from guardrails.injection import InjectionDetector
-from ingest.chunking import chunk_text
+from ingest.chunking import chunk_document
 from ingest.readers import READERS, ReadError, ReadLimits, read_document
 from rag.compose import build_embedder, build_injection, open_store_for_embedder
 from rag.embedder import SentenceEmbedder
@@ -84,6 +84,14 @@ class IngestProgress:
     files_total: int
     chunks_written: int
     message: str
+    # Chunks embedded so far, including a batch not yet written: what moves while one large
+    # batch embeds, and what chunks/s counts.
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks_embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -124,20 +132,42 @@ def ingest_folder(
     names = {file: stored_path(root, file) for file in files}
 
     files_done = 0
+    embedded = 0
     pending: list[Chunk] = []
     unwritten: dict[str, int] = {}
     in_flight: dict[str, _Prepared] = {}
 
+    def tell(message: str) -> None:
+        progress(
+            IngestProgress(
+                files_done,
+                len(files),
+                report.chunks_written,
+                message,
+                chunks_embedded=embedded,
+                seconds=time.perf_counter() - started,
+            )
+        )
+
     def advance(message: str) -> None:
         nonlocal files_done
         files_done += 1
-        progress(IngestProgress(files_done, len(files), report.chunks_written, message))
+        tell(message)
+
+    def embedding(done_before: int, batch_size: int) -> Callable[[int], None]:
+        def on_progress(done: int) -> None:
+            nonlocal embedded
+            embedded = done_before + done
+            tell(f"embedded {done} of {batch_size} chunks in this batch")
+
+        return on_progress
 
     def write(batch: list[Chunk]) -> None:
         # The heading path goes into the embedding: "Sick leave" under "Leave" finds
         # questions about leave even when the paragraph never repeats the word.
         vectors = parts.embedder.embed_documents(
-            [f"{c.section}\n{c.text}" if c.section else c.text for c in batch]
+            [f"{c.section}\n{c.text}" if c.section else c.text for c in batch],
+            on_progress=embedding(embedded, len(batch)),
         )
         counts = [len(in_flight[c.path].chunks) for c in batch]
         parts.store.upsert(batch, vectors, counts, owner)
@@ -147,8 +177,10 @@ def ingest_folder(
             if unwritten[chunk.path] == 0:
                 done = in_flight.pop(chunk.path)
                 # Only now, with every new chunk stored, do the file's old chunks go: a crash
-                # before this line leaves old and new, which the rerun resolves.
-                parts.store.delete_file(done.name, keep_file_hash=done.file_hash, owner=owner)
+                # before this line leaves old and new, which the rerun resolves. A file the
+                # store held nothing of when the run began has nothing stale to delete.
+                if done.is_update:
+                    parts.store.delete_file(done.name, keep_file_hash=done.file_hash, owner=owner)
                 (report.updated if done.is_update else report.added).append(done.name)
                 verb = "updated" if done.is_update else "added"
                 advance(f"{verb} {done.name} ({len(done.chunks)} chunks)")
@@ -183,9 +215,11 @@ def ingest_folder(
             if name.startswith(prefix) and name not in seen:
                 parts.store.delete_file(name, owner=owner)
                 report.removed.append(name)
-                progress(
-                    IngestProgress(files_done, len(files), report.chunks_written, f"removed {name}")
-                )
+                tell(f"removed {name}")
+    if report.chunks_written or report.removed:
+        # After the writes, not between them: one index build for the whole run.
+        tell("building the search index")
+        parts.store.optimize()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -213,10 +247,9 @@ def _prepare(
         if state and state.file_hashes == {file_hash} and state.points == state.expected_points:
             return _Prepared(name, file, "unchanged")
         document = read_document(file, ReadLimits(limits.max_pdf_pages, limits.max_unzipped_bytes))
-        tokenizer = parts.embedder.tokenizer
-        pieces = chunk_text(
+        pieces = chunk_document(
             document.text,
-            lambda text: len(tokenizer.encode(text, add_special_tokens=False, verbose=False)),
+            parts.embedder.tokenizer,
             limits.chunk_tokens,
             limits.chunk_overlap_tokens,
             markdown=document.markdown,

@@ -4,8 +4,8 @@ with a time to live, scoped per user.
 
 Chunk ids are content hashes, so when ingestion changes or removes a chunk an entry used, the
 key no longer matches: entries are invalidated by construction, also across processes.
-Answers holding anyone's personal data are never stored (the pipeline decides, see
-`Pipeline` `_cacheable`), so no user is ever served another's restored PII.
+Conversations holding pseudonymised personal data are never cached (the pipeline decides, in
+`_cache_key`), and entries are per user, so nobody is served another person's restored values.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class AnswerCache:
         # Per scope: the question vectors of its entries, for paraphrase lookups.
         self._vectors: dict[tuple[object, ...], list[tuple[np.ndarray, str]]] = {}
         self._by_user: dict[str, set[str]] = {}
+        self._puts_since_pruning = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -108,9 +109,10 @@ class AnswerCache:
                     best = (similarity, digest)
             if key.scope in self._vectors:
                 self._vectors[key.scope] = alive
-            if best is None:
+            answer = None if best is None else self._entries.get(best[1])
+            if best is None or answer is None:
                 return None
-            return CacheHit(self._entries[best[1]], "semantic", best[0])
+            return CacheHit(answer, "semantic", best[0])
 
     def put(self, key: CacheKey, vector: np.ndarray | None, answer: CachedAnswer) -> None:
         with self._lock:
@@ -118,6 +120,21 @@ class AnswerCache:
             self._by_user.setdefault(key.user, set()).add(key.digest)
             if vector is not None:
                 self._vectors.setdefault(key.scope, []).append((vector, key.digest))
+            self._puts_since_pruning += 1
+            if self._puts_since_pruning >= self._entries.maxsize:
+                self._forget_evicted()
+                self._puts_since_pruning = 0
+
+    def _forget_evicted(self) -> None:
+        """Drop side-table references to entries the TTL cache has expired or evicted."""
+        self._entries.expire()
+        alive = set(self._entries.keys())
+        self._by_user = {u: d & alive for u, d in self._by_user.items() if d & alive}
+        self._vectors = {
+            scope: kept
+            for scope, vectors in self._vectors.items()
+            if (kept := [(v, d) for v, d in vectors if d in alive])
+        }
 
     def clear_user(self, user: str) -> int:
         """Forget one user's entries (e.g. when they delete their documents or history)."""

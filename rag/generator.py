@@ -124,6 +124,14 @@ class VLLMInProcess:
             self._failure = f"vLLM could not start model {self.model} from {self.path}: {exc}"
             raise ModelUnavailable(self._failure) from exc
 
+    def _ensure_started(self) -> None:
+        try:
+            self.start()
+        except ModelUnavailable as exc:
+            # For the pool, an engine that cannot start is a failed replica: its fallbacks
+            # answer instead.
+            raise ReplicaFailed(f"{self.where}: {exc}") from exc
+
     def _prompt(self, messages: Sequence[ChatMessage], prefix: str) -> str:
         tokenizer = self._engine.get_tokenizer()
         prompt: str = tokenizer.apply_chat_template(
@@ -154,7 +162,7 @@ class VLLMInProcess:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        self.start()
+        self._ensure_started()
         prompt = self._prompt(messages, prefix)
         params = SamplingParams(
             temperature=temperature,
@@ -162,10 +170,14 @@ class VLLMInProcess:
             output_kind=RequestOutputKind.DELTA,
         )
         request_id = f"{self.model}-{next(_request_ids)}"
-        async for output in self._engine.generate(prompt, params, request_id=request_id):
-            delta = output.outputs[0].text
-            if delta:
-                yield delta
+        try:
+            async for output in self._engine.generate(prompt, params, request_id=request_id):
+                delta = output.outputs[0].text
+                if delta:
+                    yield delta
+        except (RuntimeError, OSError) as exc:
+            # vLLM's EngineDeadError and friends: the pool's breaker and fallbacks take over.
+            raise ReplicaFailed(f"{self.where} engine for {self.model}: {exc}") from exc
 
     async def answer(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
@@ -173,7 +185,7 @@ class VLLMInProcess:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        self.start()
+        self._ensure_started()
         prompt = self._prompt(messages, "")
         params = SamplingParams(
             temperature=temperature,
@@ -194,7 +206,7 @@ class VLLMInProcess:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        self.start()
+        self._ensure_started()
         params = SamplingParams(
             temperature=0.0,
             max_tokens=self._fit(prompt, max_tokens),
@@ -304,9 +316,13 @@ class OpenAIReplica:
                 stream=True,
                 extra_body=extra or None,
             )
-            async for event in response:  # type: ignore[union-attr]  # stream=True
-                if event.choices and event.choices[0].delta.content:
-                    yield event.choices[0].delta.content
+            try:
+                async for event in response:  # type: ignore[union-attr]  # stream=True
+                    if event.choices and event.choices[0].delta.content:
+                        yield event.choices[0].delta.content
+            finally:
+                # Closing the HTTP stream makes vLLM abort the request at once.
+                await response.close()  # type: ignore[union-attr]
         except openai.BadRequestError as exc:
             # The request itself is wrong (too long for the model): no replica will take it.
             raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc

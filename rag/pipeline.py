@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +49,7 @@ class QuestionError(ValueError):
 
 
 MAX_QUESTION_CHARS = 4000
+MAX_CHAIN_STEPS = 4
 
 
 def validate_question(question: str) -> str:
@@ -153,11 +154,18 @@ class Pipeline:
                 )
         if options.fan_out and options.chain:
             raise QuestionError("ask for a fan-out or a chain, not both")
+        # One request must not become an unbounded number of generations.
+        if len(set(options.fan_out)) != len(options.fan_out):
+            raise QuestionError("fan_out names a model twice")
+        if len(options.chain) > MAX_CHAIN_STEPS:
+            raise QuestionError(f"a chain has at most {MAX_CHAIN_STEPS} steps")
         if options.top_k is not None and not 1 <= options.top_k <= 50:
             raise QuestionError(f"top_k must be between 1 and 50, not {options.top_k}")
         run = _Run(self, validate_question(question), conversation, options)
-        async for event in run.events():
-            yield event
+        # Closing this stream (the asker left) closes the run's at once, down to the model.
+        async with contextlib.aclosing(run.events()) as events:
+            async for event in events:
+                yield event
 
     async def ask(
         self,
@@ -235,7 +243,7 @@ class _Run:
         self.reports.append(report)
         return StageEvent(report)
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def events(self) -> AsyncGenerator[StreamEvent, None]:
         # Retrieval does not depend on the guards' verdicts, so it starts now; its results are
         # used only if the guards let the question through.
         retrieval_started = time.perf_counter()
@@ -274,6 +282,9 @@ class _Run:
             yield self._report("retrieve", "failed", _ms(retrieval_started), str(exc))
             yield self._finish(f"Retrieval failed: {exc}", "failed")
             return
+        # Fused ranks tie often (RRF): ties go by chunk id, so the same question always
+        # builds the same prompt (and the cache can recognise it).
+        hits = sorted(hits, key=lambda h: (-h.score, h.chunk.id))
         yield self._report("retrieve", "ran", _ms(retrieval_started), f"{len(hits)} candidates")
 
         hits, chunk_note = self._apply_chunk_verdicts(hits)
@@ -342,6 +353,10 @@ class _Run:
                 self.verdicts.append(hit.answer.output_verdict)
                 self.first_token_ms = _ms(self.started)
                 yield TextDelta(hit.answer.text)
+                self.conversation.turns += [
+                    ChatMessage("user", model_question),
+                    ChatMessage("assistant", hit.answer.text),
+                ]
                 yield self._finish(hit.answer.text, "answered")
                 return
             yield self._report("cache", "ran", _ms(cache_started), "miss")
@@ -407,6 +422,10 @@ class _Run:
             message = f"The models are busy: {exc}. Try again shortly." if busy else str(exc)
             yield self._finish(message, "busy" if busy else "failed")
             return
+        except BaseException:
+            # Closed early or cancelled: no window check may outlive the request.
+            _cancel(window_checks)
+            raise
         if served and served[0].model != self.route.model:
             self.route = Route(
                 self.route.task,
@@ -448,7 +467,10 @@ class _Run:
             return
 
         text = "".join(shown).strip()
-        if cache_key is not None and self.s.cache is not None and text:
+        # Only answers the output guard passed, or that no guard could ever check (none is
+        # installed): text let through during a guard outage is not kept for later.
+        checked = guard_verdict.outcome == "allow" or not guard.available
+        if cache_key is not None and self.s.cache is not None and text and checked:
             self.s.cache.put(
                 cache_key,
                 question_vector,

@@ -9,6 +9,7 @@ OpenAI servers, any number of replicas per model).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -74,9 +75,17 @@ class CircuitBreaker:
         state = self.state
         return state == "closed" or (state == "half-open" and not self._trial_running)
 
-    def started(self) -> None:
-        if self.state == "half-open":
+    def started(self) -> bool:
+        """A request goes out; True when it is the half-open trial that decides."""
+        if self.state == "half-open" and not self._trial_running:
             self._trial_running = True
+            return True
+        return False
+
+    def abandoned(self) -> None:
+        """The trial ended without a verdict (cancelled, closed early, refused as a bad
+        request): the next request may try again, instead of the replica staying locked."""
+        self._trial_running = False
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
@@ -101,6 +110,7 @@ class ReplicaState:
     load_read_at: float = float("-inf")
     healthy: bool = True
     health_read_at: float = float("-inf")
+    health_failures: int = 0
     served: int = 0
     refreshing: asyncio.Task[None] | None = None
 
@@ -138,9 +148,15 @@ class PrioritySlots:
         waiter = _Waiter(priority, next(self._sequence), asyncio.get_running_loop().create_future())
         heapq.heappush(self._heap, waiter)
         try:
-            await asyncio.wait_for(waiter.future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await waiter.future
         except TimeoutError as exc:
             raise PoolSaturated(f"no replica became free within {timeout_s:.0f} s") from exc
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Woken and cancelled at once: pass the wake-up on, or a slot goes unused.
+                self.wake_next()
+            raise
         finally:
             if waiter in self._heap:
                 self._heap.remove(waiter)
@@ -198,11 +214,19 @@ class ModelReplicas:
 
     @staticmethod
     async def _read_health(state: ReplicaState) -> None:
-        state.healthy = await state.replica.healthy()
+        # One failed probe can be a busy server answering late: two in a row mark it down.
+        if await state.replica.healthy():
+            state.health_failures = 0
+            state.healthy = True
+        else:
+            state.health_failures += 1
+            state.healthy = state.health_failures < 2
 
     @staticmethod
     async def _read_load(state: ReplicaState) -> None:
-        state.load = await state.replica.load()
+        load = await state.replica.load()
+        if load is not None:  # a reading that failed keeps the last one
+            state.load = load
 
     async def refresh(self) -> None:
         """Read every replica's health and load now (at start-up, and in tests)."""
@@ -216,38 +240,47 @@ class ModelReplicas:
         if state.refreshing is None or state.refreshing.done():
             state.refreshing = asyncio.create_task(self._refresh(state))
 
-    def least_busy(self, exclude: set[int]) -> ReplicaState | None:
-        """The usable replica with the fewest requests ahead; None if none is usable."""
+    def usable(self, exclude: set[int]) -> list[ReplicaState]:
         for state in self.states:
             self._refresh_in_background(state)
-        usable = [
+        return [
             s
             for i, s in enumerate(self.states)
             if i not in exclude and s.healthy and s.breaker.allows()
         ]
-        if not usable:
+
+    def least_busy(self, exclude: set[int]) -> ReplicaState | None:
+        """The usable replica with room and the fewest requests ahead; None if none has room."""
+        limit = self.limits.max_concurrency_per_replica
+        with_room = [s for s in self.usable(exclude) if s.in_flight < limit]
+        if not with_room:
             return None
-        return min(usable, key=lambda s: (s.busyness, s.served))
+        return min(with_room, key=lambda s: (s.busyness, s.served))
 
     @asynccontextmanager
     async def slot(self, priority: int, exclude: set[int]) -> AsyncIterator[ReplicaState]:
         """A replica with room for one more request, waiting in the priority queue while all
         usable replicas are full."""
         deadline = time.monotonic() + self.limits.queue_timeout_s
+        woken = False
         while True:
-            state = self.least_busy(exclude)
-            if state is None:
+            if not self.usable(exclude):
                 raise NoUsableReplica(f"no usable replica of {self.model} ({self._states_text()})")
-            if state.in_flight < self.limits.max_concurrency_per_replica:
+            state = self.least_busy(exclude)
+            # A newcomer does not jump the queue: while others wait, it waits its turn.
+            if state is not None and (woken or not len(self.queue)):
                 break
             await self.queue.wait(priority, max(0.0, deadline - time.monotonic()))
+            woken = True
         state.in_flight += 1
         state.served += 1
-        state.breaker.started()
+        trial = state.breaker.started()
         try:
             yield state
         finally:
             state.in_flight -= 1
+            if trial:
+                state.breaker.abandoned()  # no-op when the trial already succeeded or failed
             self.queue.wake_next()
 
     def _states_text(self) -> str:
@@ -342,12 +375,16 @@ class ModelPool:
                             # vLLM streams about one token per delta: a continuation
                             # asks only for what the answer has left.
                             budget = max(1, max_tokens - deltas)
-                            async for delta in state.replica.stream(
+                            replica_stream = state.replica.stream(
                                 messages, budget, temperature, prefix=shown
-                            ):
-                                shown += delta
-                                deltas += 1
-                                yield delta
+                            )
+                            # Closing this stream early (the asker left, an unsafe window)
+                            # closes the replica's at once, which aborts its generation.
+                            async with contextlib.aclosing(replica_stream) as replica_deltas:
+                                async for delta in replica_deltas:
+                                    shown += delta
+                                    deltas += 1
+                                    yield delta
                         except ReplicaFailed:
                             state.breaker.failed()
                             failed.add(replicas.states.index(state))

@@ -72,7 +72,8 @@ class PrometheusTelemetry:
         for stage in answer.stages:
             self.stage_seconds.labels(stage.name, stage.status).observe(stage.ms / 1000)
             if stage.name == "cache":
-                self.cache.labels(stage.detail.split(":", 1)[0] or "miss").inc()
+                result = "skipped" if stage.status == "skipped" else stage.detail.split(":")[0]
+                self.cache.labels(result).inc()  # hit, miss or skipped
         for verdict in answer.verdicts:
             self.verdicts.labels(verdict.guard, verdict.outcome, verdict.action).inc()
         if answer.route is not None:

@@ -190,3 +190,71 @@ def test_ask_json_answers_with_citations_and_exits(provisioned: Settings, tmp_pa
     assert answer["citations"][0]["path"] == "examples/handbook/security-and-it.md"
     assert {v["guard"] for v in answer["verdicts"]} == {"pii", "injection", "llama_guard"}
     assert all("sanitized_text" not in v for v in answer["verdicts"])
+
+
+@pytest.mark.slow
+def test_serve_answers_the_openai_client_and_shows_the_chat_on_one_port(
+    provisioned: Settings, tmp_path: Path
+) -> None:
+    import openai
+
+    ingested = runner.invoke(app, ["ingest", str(EXAMPLES)], env=_env(tmp_path / "data"))
+    assert ingested.exit_code == 0, ingested.output
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**_env(tmp_path / "data"), "GUARDRAG_API__KEYS": '["serve-test-key"]'}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        health = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"{root}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(1)
+        assert server.poll() is None, f"guardrag serve exited: {log.read_text()[-2000:]}"
+        assert health is not None and health.json()["status"] == "ok"
+        chat_page = httpx.get(f"{root}/chat/", timeout=10)
+        assert chat_page.status_code == 200 and "guardrag" in chat_page.text
+        assert httpx.get(f"{root}/", timeout=10).status_code in (200, 307)
+        client = openai.OpenAI(base_url=f"{root}/v1", api_key="serve-test-key", max_retries=0)
+        completion = client.chat.completions.create(
+            model="guardrag",
+            messages=[{"role": "user", "content": "What is the minimum password length?"}],
+        )
+        assert completion.model_extra["guardrag"]["status"] == "answered"  # type: ignore[index]
+        assert "14" in (completion.choices[0].message.content or "")
+        anonymous = httpx.get(f"{root}/v1/models", timeout=10)
+        assert anonymous.status_code == 401
+        engines = psutil.Process(server.pid).children(recursive=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    _, alive = psutil.wait_procs(engines, timeout=30)
+    for process in alive:
+        process.kill()
+    assert not alive, f"engine processes outlived guardrag serve: {alive}"
+
+
+def test_serve_refuses_a_public_interface_without_api_keys_or_a_chat_login(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path / "data")
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"], env=env)
+    assert result.exit_code == 2
+    assert "without API keys" in result.output
+    with_keys = {**env, "GUARDRAG_API__KEYS": '["k"]'}
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"], env=with_keys)
+    assert result.exit_code == 2
+    assert "without a login" in result.output

@@ -15,7 +15,7 @@ from openai import AsyncOpenAI
 
 from rag.compose import build_pool
 from rag.generator import ModelUnavailable, parse_vllm_load
-from rag.pool import ModelPool, PoolSaturated, Served
+from rag.pool import CircuitBreaker, ModelPool, PoolSaturated, Served
 from rag.schema import ChatMessage
 from rag.settings import ModelEndpoint, PoolSettings, Settings
 from tests.tiny_models import tiny_llama
@@ -163,6 +163,8 @@ async def test_the_breaker_opens_after_repeated_failures_and_stops_trying(
         )
     )
     state = pool.models["general"].states[0]
+    # No health probe: this test is about the breaker, not about /health marking it down.
+    state.health_read_at = float("inf")
     for _ in range(2):
         with pytest.raises(ModelUnavailable):
             await collect(pool, "general", 8, [])
@@ -170,6 +172,43 @@ async def test_the_breaker_opens_after_repeated_failures_and_stops_trying(
     with pytest.raises(ModelUnavailable, match="breaker open"):
         await collect(pool, "general", 8, [])
     assert state.breaker.consecutive_failures == 2, "an open breaker sends nothing"
+
+
+def test_a_half_open_trial_that_ends_without_a_verdict_lets_the_next_request_try() -> None:
+    breaker = CircuitBreaker(failures=1, reset_s=0.0)
+    breaker.failed()
+    assert breaker.state == "half-open" and breaker.allows()
+    assert breaker.started(), "the first request after the pause is the trial"
+    assert not breaker.allows(), "one trial at a time"
+    breaker.abandoned()  # e.g. the asker left before the replica answered
+    assert breaker.allows()
+    breaker.started()
+    breaker.succeeded()
+    assert breaker.state == "closed"
+
+
+async def test_queued_requests_go_by_priority_then_arrival(
+    provisioned: Settings, servers: list[VLLMServer]
+) -> None:
+    pool = build_pool(
+        pool_settings(provisioned, {"tiny": tiny([servers[1].url])}, max_concurrency_per_replica=1)
+    )
+    finished: list[str] = []
+
+    async def ask(name: str, priority: int, tokens: int) -> None:
+        async for _ in pool.stream("tiny", QUESTION, tokens, 0.0, priority=priority):
+            pass
+        finished.append(name)
+
+    holder = asyncio.create_task(ask("holder", 0, 60))
+    await asyncio.sleep(0.3)
+    late = [asyncio.create_task(ask("background", 9, 4))]
+    await asyncio.sleep(0.1)
+    late.append(asyncio.create_task(ask("urgent", 0, 4)))
+    await asyncio.sleep(0.1)
+    late.append(asyncio.create_task(ask("newcomer", 9, 4)))
+    await asyncio.gather(holder, *late)
+    assert finished == ["holder", "urgent", "background", "newcomer"]
 
 
 async def test_a_full_queue_refuses_at_once_and_a_queued_request_waits_its_turn(

@@ -9,6 +9,7 @@ or a model down), never 500.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -125,17 +126,28 @@ class Admission:
         self.in_flight = 0
 
     def user_for(self, request: Request) -> str | None:
-        """The caller's user id (a hash of their key), or None when the key is wrong."""
+        """The caller's user id (derived from their key), or None when the key is wrong."""
         if not self.keys:
             return "api"
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:
             return None
+        # Digests of equal length, every key compared: neither the length nor the position
+        # of a key leaks through timing.
+        offered = hashlib.sha256(key.encode()).digest()
+        matched = None
         for known in self.keys:
-            if hmac.compare_digest(key.encode(), known.encode()):
-                return "key-" + hashlib.sha256(known.encode()).hexdigest()[:12]
-        return None
+            if hmac.compare_digest(offered, hashlib.sha256(known.encode()).digest()):
+                matched = known
+        if matched is None:
+            return None
+        return "key-" + hashlib.sha256(f"guardrag-api-user:{matched}".encode()).hexdigest()[:12]
+
+    def refused_too_often(self, request: Request) -> bool:
+        """Wrong keys count against the caller's address: guessing keys is rate limited."""
+        address = request.client.host if request.client else "unknown"
+        return not self.limiter.hit(self.rate, f"refused:{address}")
 
     def within_rate(self, user: str) -> bool:
         return self.limiter.hit(self.rate, user)
@@ -165,6 +177,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        await pipeline.stages.pool.refresh()
         status = pipeline.stages.pool.status()
         ready = all(any(r["healthy"] for r in replicas) for replicas in status.values())
         return JSONResponse({"ready": ready, "models": status}, status_code=200 if ready else 503)
@@ -173,10 +186,15 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
     async def prometheus() -> Response:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def refuse(request: Request) -> Response:
+        if admission.refused_too_often(request):
+            return _error(429, "too many refused keys from this address", "rate_limit_exceeded")
+        return _error(401, "a valid bearer key is required", "invalid_api_key")
+
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         if admission.user_for(request) is None:
-            return _error(401, "a valid bearer key is required", "invalid_api_key")
+            return refuse(request)
         created = int(time.time())
         ids = [AUTO_MODEL, *pipeline.stages.pool.models]
         return JSONResponse(
@@ -193,7 +211,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         user = admission.user_for(request)
         if user is None:
-            return _error(401, "a valid bearer key is required", "invalid_api_key")
+            return refuse(request)
         if not admission.within_rate(user):
             return _error(
                 429,
@@ -233,7 +251,20 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                 chain=tuple(ChainStep(step.model, step.instruction) for step in extra.chain),
             )
             conversation = Conversation(user=user)
-            conversation.turns = _earlier_turns(body.messages, conversation, pii)
+            refusal = await _unchecked_text_refusal(body, pipeline)
+            if refusal is not None:
+                release()
+                return _error(400, refusal, "invalid_request_error")
+            conversation.turns = await asyncio.to_thread(
+                _earlier_turns, body.messages, conversation, pii
+            )
+            options = replace(
+                options,
+                chain=tuple(
+                    ChainStep(step.model, pii.pseudonymise(step.instruction, conversation.vault)[0])
+                    for step in options.chain
+                ),
+            )
             events = pipeline.stream(questions[-1].text, conversation, options)
             # Read up to the first text (or the end) before answering, so a request that
             # fails early gets its real status instead of a 200 stream holding an error.
@@ -266,39 +297,79 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
 
         async def sse() -> AsyncIterator[str]:
             try:
-                yield _chunk(completion_id, model_name, {"role": "assistant", "content": ""})
-                async for event in _chain(first, events):
-                    if isinstance(event, TextDelta):
-                        yield _chunk(completion_id, model_name, {"content": event.text})
-                    elif isinstance(event, Retraction):
-                        # Clients that read `guardrag` replace what they showed; the refusal
-                        # follows as content with finish_reason content_filter.
-                        yield _chunk(
-                            completion_id,
-                            model_name,
-                            {"content": ""},
-                            extra={"retracted": True, "reason": event.reason},
-                        )
-                    elif isinstance(event, Final):
-                        answer = event.answer
-                        if answer.status != "answered":
-                            yield _chunk(completion_id, model_name, {"content": answer.text})
-                        yield _chunk(
-                            completion_id,
-                            model_name,
-                            {},
-                            finish_reason=_finish_reason(answer),
-                            extra=answer_extra(answer),
-                        )
+                async for line in answer_events():
+                    yield line
+            except Exception:  # headers are sent: the error goes in the stream
+                error_id = uuid.uuid4().hex[:12]
+                log.exception("stream failed (error id %s)", error_id)
+                error = {
+                    "message": f"the answer could not be finished (error id {error_id})",
+                    "type": "unavailable",
+                    "code": 503,
+                }
+                yield f"data: {json.dumps({'error': error})}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 release()
                 # A caller that hangs up mid-answer stops the generation too.
                 await events.aclose()
 
+        async def answer_events() -> AsyncIterator[str]:
+            yield _chunk(completion_id, model_name, {"role": "assistant", "content": ""})
+            async for event in _chain(first, events):
+                if isinstance(event, TextDelta):
+                    yield _chunk(completion_id, model_name, {"content": event.text})
+                elif isinstance(event, Retraction):
+                    # Clients that read `guardrag` replace what they showed; the refusal
+                    # follows as content with finish_reason content_filter.
+                    yield _chunk(
+                        completion_id,
+                        model_name,
+                        {"content": ""},
+                        extra={"retracted": True, "reason": event.reason},
+                    )
+                elif isinstance(event, Final):
+                    answer = event.answer
+                    if answer.status != "answered":
+                        yield _chunk(completion_id, model_name, {"content": answer.text})
+                    yield _chunk(
+                        completion_id,
+                        model_name,
+                        {},
+                        finish_reason=_finish_reason(answer),
+                        extra=answer_extra(answer),
+                    )
+            yield "data: [DONE]\n\n"
+
         return StreamingResponse(sse(), media_type="text/event-stream")
 
     return app
+
+
+# Earlier turns are pseudonymised on every request: bounded, so one caller cannot occupy
+# Presidio (and a core) with a novel.
+MAX_TURN_CHARS = 4000
+
+
+async def _unchecked_text_refusal(body: ChatCompletionRequest, pipeline: Pipeline) -> str | None:
+    """Text the caller puts in the prompt besides the question (earlier turns, chain
+    instructions) passes the injection check too; the reason it is refused, or None."""
+    from guardrails.policy import apply_policy
+    from guardrails.verdict import GuardContext
+
+    texts = [m.text for m in body.messages[:-1] if m.role in ("user", "assistant")][-2:]
+    texts += [step.instruction for step in body.guardrag.chain]
+    policy = pipeline.settings.guards.injection.policy
+    for number, text in enumerate(texts, start=1):
+        if len(text) > MAX_TURN_CHARS:
+            return f"an earlier message or instruction has over {MAX_TURN_CHARS} characters"
+        verdict = apply_policy(
+            await pipeline.stages.injection.check(text, GuardContext(checked_as="question")),
+            policy,
+        )
+        if verdict.blocks:
+            return f"earlier message or instruction {number} was flagged: {verdict.reason}"
+    return None
 
 
 def _earlier_turns(

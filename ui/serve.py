@@ -8,6 +8,7 @@ from fastapi.responses import RedirectResponse
 from rag.compose import build_pipeline, prometheus_metrics, start_engines
 from rag.settings import Settings
 from ui.api import build_api
+from ui.auth import login_required
 from ui.chat import mount_chat
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -18,10 +19,19 @@ class UnsafeBinding(ValueError):
 
 
 def check_binding(settings: Settings, host: str) -> None:
-    if host not in LOOPBACK and not settings.api.keys:
+    if host in LOOPBACK:
+        return
+    if not settings.api.keys:
         raise UnsafeBinding(
             f"refusing to serve on {host} without API keys: set api.keys in the profile "
             "(or GUARDRAG_API__KEYS='[\"…\"]'), or listen on 127.0.0.1"
+        )
+    if not login_required(settings.chat):
+        # Without a login the chat is one admin user, "local": fine on a laptop's loopback,
+        # never for a network.
+        raise UnsafeBinding(
+            f"refusing to serve the chat on {host} without a login: set chat.users (see "
+            "guardrag hash-password) or chat.trusted_header, or listen on 127.0.0.1"
         )
 
 
