@@ -86,6 +86,8 @@ class AskOptions:
     merge: MergeStrategy = MergeStrategy.CONSENSUS
     # ...or models in series, each step seeing the previous step's output.
     chain: tuple[ChainStep, ...] = ()
+    # When every replica is busy, lower numbers are served first (chat 0, API 1 by default).
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,7 @@ class _Run:
                 messages,
                 self.settings.generation.max_tokens,
                 self.settings.generation.temperature,
+                priority=self.options.priority,
                 served=served,
             )
         try:

@@ -263,6 +263,8 @@ class ApiSettings(_Section):
     rate_limit: str = "60/minute"  # per key, in the `limits` library's notation
     # Requests answered at once; past it, 503 at once instead of an ever longer wait.
     max_concurrent: int = 16
+    # Queue priority of API requests when every replica is busy; the chat's is 0 (first).
+    priority: int = 1
 
 
 class TelemetrySettings(_Section):

@@ -249,6 +249,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                 fan_out=tuple(extra.fan_out),
                 merge=extra.merge,
                 chain=tuple(ChainStep(step.model, step.instruction) for step in extra.chain),
+                priority=settings.api.priority,
             )
             conversation = Conversation(user=user)
             refusal = await _unchecked_text_refusal(body, pipeline)

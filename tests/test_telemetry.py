@@ -1,0 +1,68 @@
+"""Metrics and traces read off a finished answer: Prometheus counters and one OpenTelemetry
+span per stage, nested under the request's span."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import generate_latest
+
+from guardrails.verdict import clean, flagged
+from rag.schema import Answer, Route, StageReport
+from rag.telemetry import OpenTelemetrySpans, PrometheusTelemetry
+
+ANSWER = Answer(
+    request_id="r1",
+    question="q",
+    text="Fourteen characters [1].",
+    status="answered",
+    verdicts=(clean("pii"), flagged("injection", 0.9, ("override",), "rule"), clean("llama_guard")),
+    route=Route("document_qa", "smollm2", 0.8, "similarity"),
+    stages=(
+        StageReport("input_guards", "ran", 9.0, start_ms=0.5),
+        StageReport("retrieve", "ran", 12.0, start_ms=0.4),
+        StageReport("cache", "ran", 0.1, "miss", start_ms=13.0),
+        StageReport("generate", "ran", 900.0, start_ms=14.0),
+        StageReport("total", "ran", 930.0),
+    ),
+    first_token_ms=120.0,
+)
+
+
+def test_prometheus_counts_stages_verdicts_routes_and_cache_results() -> None:
+    metrics = PrometheusTelemetry()
+    metrics.record(ANSWER, "ann")
+    text = generate_latest(metrics.registry).decode()
+    assert 'guardrag_stage_seconds_count{stage="generate",status="ran"} 1.0' in text
+    assert (
+        'guardrag_guard_verdicts_total{action="block",guard="injection",outcome="block"}'
+        not in text
+    )
+    assert 'guardrag_routes_total{model="smollm2",task="document_qa"} 1.0' in text
+    assert 'guardrag_cache_total{result="miss"} 1.0' in text
+    assert 'guardrag_requests_total{status="answered"} 1.0' in text
+
+
+def test_each_stage_becomes_a_child_span_of_the_request(capsys: pytest.CaptureFixture[str]) -> None:
+    spans = OpenTelemetrySpans("console", None, "guardrag-test")
+    spans.record(ANSWER, "ann")
+    spans.shutdown()
+    printed = capsys.readouterr().out
+    decoded = json.JSONDecoder()
+    found, index = [], 0
+    while (start := printed.find("{", index)) != -1:
+        span, index = decoded.raw_decode(printed, start)
+        found.append(span)
+    by_name = {s["name"]: s for s in found}
+    assert set(by_name) == {
+        "guardrag.request",
+        "guardrag.input_guards",
+        "guardrag.retrieve",
+        "guardrag.cache",
+        "guardrag.generate",
+    }
+    root = by_name["guardrag.request"]
+    assert root["attributes"]["guardrag.status"] == "answered"
+    for name in ("guardrag.retrieve", "guardrag.generate"):
+        assert by_name[name]["parent_id"] == root["context"]["span_id"]
