@@ -144,13 +144,13 @@ async def failover_rows(settings: Settings, work: Path) -> list[BenchRow]:
         messages = [ChatMessage("user", "hello")]
         async for _ in pool.stream("tiny", messages, 200, 0.0):
             arrivals.append(time.perf_counter())
-            if len(arrivals) == 40:
+            if len(arrivals) == 20:
                 busiest = max(pool.models["tiny"].states, key=lambda s: s.in_flight)
                 victim = next(s for s in servers if s.url == busiest.replica.where)
                 killed_at = time.perf_counter()
                 victim.kill()
-        gaps = [b - a for a, b in itertools.pairwise(arrivals[:40])]
-        failover_s = arrivals[40] - killed_at
+        gaps = [b - a for a, b in itertools.pairwise(arrivals[:20])]
+        failover_s = arrivals[20] - killed_at
     finally:
         for server in servers:
             server.stop()

@@ -10,7 +10,7 @@ import atexit
 import functools
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from guardrails.audit import AuditLog
@@ -152,27 +152,44 @@ def _engine(settings: Settings, name: str, path: Path, max_model_len: int) -> VL
     return _ENGINES[key]
 
 
-def build_replicas(settings: Settings, name: str, endpoint: ModelEndpoint) -> list[Replica]:
-    """One replica per server URL, or the one in-process engine (shared by every pipeline)."""
-    if endpoint.backend == "openai":
-        if not endpoint.urls:
-            raise ModelUnavailable(
-                f"generation.models.{name} has backend `openai` but no urls: list its vLLM "
-                "servers' base URLs (http://host:8000/v1), one per replica"
-            )
-        return [
-            OpenAIReplica(
-                name,
-                endpoint.model,
-                url,
-                endpoint.api_key,
-                endpoint.timeout_s,
-                endpoint.connect_timeout_s,
-            )
-            for url in endpoint.urls
-        ]
+def _openai_server_replicas(
+    settings: Settings, name: str, endpoint: ModelEndpoint
+) -> list[Replica]:
+    """One replica per vLLM OpenAI server URL."""
+    if not endpoint.urls:
+        raise ModelUnavailable(
+            f"generation.models.{name} has backend `openai` but no urls: list its vLLM "
+            "servers' base URLs (http://host:8000/v1), one per replica"
+        )
+    return [
+        OpenAIReplica(
+            name,
+            endpoint.model,
+            url,
+            endpoint.api_key,
+            endpoint.timeout_s,
+            endpoint.connect_timeout_s,
+        )
+        for url in endpoint.urls
+    ]
+
+
+def _in_process_replicas(settings: Settings, name: str, endpoint: ModelEndpoint) -> list[Replica]:
+    """The one in-process vLLM engine for this model (shared by every pipeline here)."""
     path = require_model(endpoint.model, settings.models_dir, f"generator {name!r}")
     return [_engine(settings, name, path, endpoint.max_model_len)]
+
+
+# A model backend is a function from its settings to replicas, registered here by the name
+# `generation.models.<name>.backend` uses.
+REPLICA_BACKENDS: dict[str, Callable[[Settings, str, ModelEndpoint], list[Replica]]] = {
+    "openai": _openai_server_replicas,
+    "vllm": _in_process_replicas,
+}
+
+
+def build_replicas(settings: Settings, name: str, endpoint: ModelEndpoint) -> list[Replica]:
+    return REPLICA_BACKENDS[endpoint.backend](settings, name, endpoint)
 
 
 def _limits(settings: Settings) -> PoolLimits:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 from rag.schema import Answer
 
@@ -86,23 +89,31 @@ class PrometheusTelemetry:
 class OpenTelemetrySpans:
     """One span per request with a child span per stage, timed from the stage reports."""
 
-    def __init__(self, exporter: str, endpoint: str | None, service_name: str) -> None:
+    def __init__(
+        self,
+        exporter: str,
+        endpoint: str | None,
+        service_name: str,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
+        """`exporter`: `otlp` or `console`; an explicit `span_exporter` (e.g. the SDK's
+        in-memory one) takes their place."""
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import (
             BatchSpanProcessor,
             ConsoleSpanExporter,
             SimpleSpanProcessor,
-            SpanExporter,
         )
 
         provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        span_exporter: SpanExporter
-        if exporter == "otlp":
+        if span_exporter is not None:
+            provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        elif exporter == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            span_exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
-            provider.add_span_processor(BatchSpanProcessor(span_exporter))
+            otlp = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+            provider.add_span_processor(BatchSpanProcessor(otlp))
         else:
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         self.provider = provider

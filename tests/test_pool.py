@@ -242,9 +242,9 @@ async def test_killing_the_serving_replica_mid_answer_fails_over_and_continues(
     received: list[str] = []
     victim: VLLMServer | None = None
     started = time.monotonic()
-    async for delta in pool.stream("tiny", QUESTION, 160, 0.0, served=served):
+    async for delta in pool.stream("tiny", QUESTION, 200, 0.0, served=served):
         received.append(delta)
-        if len(received) == 40:
+        if len(received) == 20:
             busiest = max(pool.models["tiny"].states, key=lambda s: s.in_flight)
             victim = next(s for s in servers if s.url == busiest.replica.where)
             victim.kill()
@@ -254,5 +254,5 @@ async def test_killing_the_serving_replica_mid_answer_fails_over_and_continues(
     assert victim.url in served[0].failures[0]
     # Random weights emit partial UTF-8, which vLLM holds back and merges: fewer deltas than
     # tokens. What matters: the other replica went on with the same answer.
-    assert len(received) > 50, "the other replica continued the answer"
+    assert len(received) > 30, "the other replica continued the answer"
     assert elapsed < 30

@@ -3,9 +3,6 @@ span per stage, nested under the request's span."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
 from prometheus_client import generate_latest
 
 from guardrails.verdict import clean, flagged
@@ -44,17 +41,13 @@ def test_prometheus_counts_stages_verdicts_routes_and_cache_results() -> None:
     assert 'guardrag_requests_total{status="answered"} 1.0' in text
 
 
-def test_each_stage_becomes_a_child_span_of_the_request(capsys: pytest.CaptureFixture[str]) -> None:
-    spans = OpenTelemetrySpans("console", None, "guardrag-test")
+def test_each_stage_becomes_a_child_span_of_the_request() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exported = InMemorySpanExporter()
+    spans = OpenTelemetrySpans("none", None, "guardrag-test", span_exporter=exported)
     spans.record(ANSWER, "ann")
-    spans.shutdown()
-    printed = capsys.readouterr().out
-    decoded = json.JSONDecoder()
-    found, index = [], 0
-    while (start := printed.find("{", index)) != -1:
-        span, index = decoded.raw_decode(printed, start)
-        found.append(span)
-    by_name = {s["name"]: s for s in found}
+    by_name = {span.name: span for span in exported.get_finished_spans()}
     assert set(by_name) == {
         "guardrag.request",
         "guardrag.input_guards",
@@ -63,6 +56,10 @@ def test_each_stage_becomes_a_child_span_of_the_request(capsys: pytest.CaptureFi
         "guardrag.generate",
     }
     root = by_name["guardrag.request"]
-    assert root["attributes"]["guardrag.status"] == "answered"
+    assert root.attributes is not None and root.attributes["guardrag.status"] == "answered"
     for name in ("guardrag.retrieve", "guardrag.generate"):
-        assert by_name[name]["parent_id"] == root["context"]["span_id"]
+        child = by_name[name]
+        assert child.parent is not None and child.parent.span_id == root.context.span_id
+    generate = by_name["guardrag.generate"]
+    assert generate.end_time is not None and generate.start_time is not None
+    assert (generate.end_time - generate.start_time) == 900_000_000

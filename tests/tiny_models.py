@@ -94,10 +94,11 @@ def tiny_llama(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    import torch
+
+    torch.manual_seed(0)  # the same random weights every run: the same noise, reproducibly
     model = LlamaForCausalLM(config)
     if never_ends:
-        import torch
-
         with torch.no_grad():
             model.lm_head.weight[tokenizer.eos_token_id].zero_()
     model.save_pretrained(target)
