@@ -1,8 +1,9 @@
 """Learned injection layer: a logistic regression over hashed character and word n-grams of
-the normalised text, trained only on the project's own banks (guardrails/train_injection.py).
+the normalised text plus the rule layer's evidence, trained only on the project's own banks
+(guardrails/train_injection.py).
 
 Hashing needs no vocabulary, so the model is its weights alone (package data, under 1 MB) and
-scoring a question costs well under a millisecond: no model, no embedder.
+scoring a question costs about a millisecond: no model, no embedder.
 """
 
 from __future__ import annotations
@@ -25,14 +26,25 @@ LONG_TEXT_WORDS = 300
 WINDOW_WORDS = 120
 
 
+# What the rule layer found in a text: its combined score and the categories that matched.
+RuleEvidence = tuple[float, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Featurizer:
     """Hashed n-gram counts: character n-grams (within words) catch spelling variants and other
-    languages, word n-grams catch phrasing. Stateless, so training and serving agree."""
+    languages, word n-grams catch phrasing; then the rules' score and one flag per rule
+    category, so the model learns how far to trust each family of rules. Stateless, so
+    training and serving agree."""
 
+    rule_categories: tuple[str, ...]
     n_features: int = 2**17
     char_ngrams: tuple[int, int] = (2, 5)
     word_ngrams: tuple[int, int] = (1, 2)
+
+    @property
+    def width(self) -> int:
+        return 2 * self.n_features + 1 + len(self.rule_categories)
 
     def _vectorizers(self) -> tuple[HashingVectorizer, HashingVectorizer]:
         common = {"n_features": self.n_features, "alternate_sign": False, "norm": "l2"}
@@ -40,9 +52,16 @@ class Featurizer:
         word = HashingVectorizer(analyzer="word", ngram_range=self.word_ngrams, **common)
         return char, word
 
-    def transform(self, texts: Sequence[str]) -> csr_matrix:
+    def rule_features(self, evidence: RuleEvidence) -> list[float]:
+        score, categories = evidence
+        return [score, *(1.0 if c in categories else 0.0 for c in self.rule_categories)]
+
+    def transform(self, texts: Sequence[str], evidence: Sequence[RuleEvidence]) -> csr_matrix:
+        """One row per text; `evidence[i]` is what the rules found in the text `texts[i]`
+        comes from (a window of a long text carries its whole text's evidence)."""
         char, word = self._vectorizers()
-        return hstack([char.transform(texts), word.transform(texts)]).tocsr()
+        rules = csr_matrix(np.array([self.rule_features(e) for e in evidence], dtype=np.float64))
+        return hstack([char.transform(texts), word.transform(texts), rules]).tocsr()
 
 
 def pieces_of(views: Sequence[str]) -> list[str]:
@@ -68,7 +87,7 @@ class LearnedWeights:
     meta: dict[str, object]
 
     def dense(self) -> np.ndarray:
-        weights = np.zeros(2 * self.featurizer.n_features, dtype=np.float32)
+        weights = np.zeros(self.featurizer.width, dtype=np.float32)
         weights[self.indices] = self.values
         return weights
 
@@ -80,6 +99,7 @@ class LearnedWeights:
             intercept=np.float32(self.intercept),
             featurizer=json.dumps(
                 {
+                    "rule_categories": self.featurizer.rule_categories,
                     "n_features": self.featurizer.n_features,
                     "char_ngrams": self.featurizer.char_ngrams,
                     "word_ngrams": self.featurizer.word_ngrams,
@@ -98,7 +118,10 @@ class LearnedWeights:
         with np.load(path) as data:
             spec = json.loads(str(data["featurizer"]))
             featurizer = Featurizer(
-                spec["n_features"], tuple(spec["char_ngrams"]), tuple(spec["word_ngrams"])
+                tuple(spec["rule_categories"]),
+                spec["n_features"],
+                tuple(spec["char_ngrams"]),
+                tuple(spec["word_ngrams"]),
             )
             return cls(
                 featurizer,
@@ -124,9 +147,12 @@ class LearnedInjectionScorer:
     def from_package(cls) -> LearnedInjectionScorer:
         return cls(LearnedWeights.load())
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        logits = self.featurizer.transform(texts) @ self._weights + self._intercept
+    def probabilities(self, texts: Sequence[str], evidence: Sequence[RuleEvidence]) -> np.ndarray:
+        logits = self.featurizer.transform(texts, evidence) @ self._weights + self._intercept
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
-    def score(self, views: Sequence[str]) -> float:
-        return round(float(self.probabilities(pieces_of(views)).max()), 4)
+    def score(self, views: Sequence[str], rules: RuleEvidence) -> float:
+        """The highest attack probability over the pieces of a text's views, given what the
+        rule layer found in those views."""
+        pieces = pieces_of(views)
+        return round(float(self.probabilities(pieces, [rules] * len(pieces)).max()), 4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 from collections import defaultdict
@@ -21,7 +22,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from guardrails.injection import views_of
+from guardrails.injection import InjectionRules, views_of
 from guardrails.injection_exemplars import Exemplar, load_bank
 from guardrails.injection_learned import (
     WEIGHTS_PATH,
@@ -32,9 +33,10 @@ from guardrails.injection_learned import (
 
 # One bank text in five is held out to choose the threshold and measure the layer.
 HELD_OUT_EVERY = 5
-# Stricter than the product's 3 % budget: data the project did not write is harder than its
-# own held-out texts, so the false-positive rate measured here is a floor, not an estimate.
-TARGET_FPR = 0.01
+# Far stricter than the product's 3 % budget: text the project did not write is harder than its
+# own held-out texts (a threshold at 3 % here flagged 10.8 % of the benign development set), so
+# the threshold sits just above every held-out benign score.
+TARGET_FPR = 0.0
 # Families whose texts are planted inside ordinary documents to make indirect attacks.
 PLANTABLE = frozenset(
     {
@@ -55,6 +57,12 @@ class Example:
     text: str
     attack: bool
     family: str
+
+
+def banks_digest(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> str:
+    """Names the bank contents the weights were trained on, so stale weights are detectable."""
+    joined = "\x00".join(f"{e.family}\x01{e.text}" for e in [*attacks, *benign])
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def held_out(text: str) -> bool:
@@ -101,15 +109,20 @@ def split_banks(
     return train, test
 
 
-def fit(train: Sequence[Example], featurizer: Featurizer) -> LogisticRegression:
-    texts, labels = [], []
+def fit(
+    train: Sequence[Example], featurizer: Featurizer, rules: InjectionRules
+) -> LogisticRegression:
+    texts, evidence, labels = [], [], []
     for example in train:
+        views = views_of(example.text)
+        found = rules.score(views)
         # Every view the detector scores (normalised, decoded spans) is a training text.
-        for view in views_of(example.text):
+        for view in views:
             texts.append(view)
+            evidence.append(found)
             labels.append(int(example.attack))
     model = LogisticRegression(C=REGULARISATION_C, max_iter=5000, class_weight="balanced")
-    model.fit(featurizer.transform(texts), labels)
+    model.fit(featurizer.transform(texts, evidence), labels)
     return model
 
 
@@ -121,14 +134,16 @@ def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
 
 
 def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWeights:
-    featurizer = Featurizer()
+    rules = InjectionRules()
+    featurizer = Featurizer(tuple(sorted({rule.category for rule in rules.rules})))
     train_set, test_set = split_banks(attacks, benign)
-    model = fit(train_set, featurizer)
+    model = fit(train_set, featurizer, rules)
     coef = model.coef_.ravel().astype(np.float32)
     nonzero = np.flatnonzero(coef)
     weights = LearnedWeights(featurizer, nonzero, coef[nonzero], float(model.intercept_[0]), {})
     scorer = LearnedInjectionScorer(weights)
-    scores = np.array([scorer.score(views_of(e.text)) for e in test_set])
+    held_out_views = [views_of(e.text) for e in test_set]
+    scores = np.array([scorer.score(views, rules.score(views)) for views in held_out_views])
     is_attack = np.array([e.attack for e in test_set])
     threshold = threshold_at_fpr(scores[~is_attack], TARGET_FPR)
     by_family: dict[str, list[bool]] = defaultdict(list)
@@ -136,15 +151,13 @@ def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWei
         by_family[("attack:" if example.attack else "benign:") + example.family].append(
             bool(value >= threshold)
         )
-    digest = hashlib.sha256(
-        "\x00".join(e.text for e in [*attacks, *benign]).encode()
-    ).hexdigest()[:16]
     meta: dict[str, object] = {
-        "banks_digest": digest,
+        "banks_digest": banks_digest(attacks, benign),
         "train_texts": len(train_set),
         "held_out_texts": len(test_set),
         "target_fpr": TARGET_FPR,
-        "threshold": round(threshold, 4),
+        # Rounded up, so the stored threshold never admits a held-out benign text it excluded.
+        "threshold": math.ceil(threshold * 10_000) / 10_000,
         "held_out_auc": round(float(roc_auc_score(is_attack, scores)), 4),
         "held_out_tpr": round(float((scores[is_attack] >= threshold).mean()), 4),
         "held_out_fpr": round(float((scores[~is_attack] >= threshold).mean()), 4),

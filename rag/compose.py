@@ -17,6 +17,7 @@ from guardrails.audit import AuditLog
 from guardrails.injection import InjectionDetector, InjectionRules, LayerThresholds
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity, load_bank
+from guardrails.injection_learned import LearnedInjectionScorer
 from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII
 from rag.cache import AnswerCache
@@ -83,6 +84,7 @@ def build_injection(settings: Settings) -> InjectionDetector:
     if cfg.semantic:
         embedder = build_embedder(settings)
         semantic = _exemplar_layer(embedder, settings.data_dir / "cache")
+    learned = _learned_layer() if cfg.learned else None
     classifier, notes = None, ""
     if cfg.classifier_model:
         path = resolve_model(cfg.classifier_model, settings.models_dir)
@@ -91,9 +93,20 @@ def build_injection(settings: Settings) -> InjectionDetector:
         else:
             classifier = _classifier(cfg.classifier_model, path)
     thresholds = LayerThresholds(
-        cfg.rules_threshold, cfg.semantic_threshold, cfg.classifier_threshold
+        rules=cfg.rules_threshold,
+        semantic=cfg.semantic_threshold,
+        classifier=cfg.classifier_threshold,
+        learned=cfg.learned_threshold,
     )
-    return InjectionDetector(InjectionRules(), semantic, classifier, thresholds, notes)
+    return InjectionDetector(
+        InjectionRules(), semantic, classifier, thresholds, notes, learned=learned
+    )
+
+
+@functools.cache
+def _learned_layer() -> LearnedInjectionScorer:
+    # Package data (guardrails/exemplars/learned_injection.npz), loaded once per process.
+    return LearnedInjectionScorer.from_package()
 
 
 @functools.cache

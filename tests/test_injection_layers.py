@@ -1,15 +1,21 @@
-"""The layers beside the rules: a classifier model from disk (a tiny random BERT built here
-proves the loading and scoring code) and how the detector combines layer verdicts."""
+"""The layers beside the rules: the learned n-gram layer shipped as package data, a classifier
+model from disk (a tiny random BERT built here proves the loading and scoring code) and how the
+detector combines layer verdicts."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from guardrails.injection import InjectionDetector, InjectionRules, LayerThresholds
+from guardrails.injection import InjectionDetector, InjectionRules, LayerThresholds, views_of
 from guardrails.injection_classifier import InjectionClassifier
-from guardrails.injection_exemplars import windows
+from guardrails.injection_exemplars import load_bank, windows
+from guardrails.injection_learned import LearnedInjectionScorer, LearnedWeights, pieces_of
+from guardrails.train_injection import banks_digest, split_banks, train
 from rag.compose import build_injection
 from rag.settings import Settings
 from tests.tiny_models import tiny_bert_classifier
@@ -105,3 +111,72 @@ def test_a_layer_that_fails_makes_the_verdict_unavailable_not_allow() -> None:
     detector = InjectionDetector(InjectionRules(), classifier=_BrokenClassifier())  # type: ignore[arg-type]
     verdict = detector.check_sync("What is the minimum password length?")
     assert verdict.outcome == "unavailable" and "out of memory" in verdict.reason
+
+
+# ---------------------------------------------------------------- the learned layer
+
+
+@pytest.fixture(scope="module")
+def learned() -> LearnedInjectionScorer:
+    return LearnedInjectionScorer.from_package()
+
+
+def test_the_shipped_learned_weights_match_the_current_banks(
+    learned: LearnedInjectionScorer,
+) -> None:
+    # Editing a bank without rerunning `python -m guardrails.train_injection` fails here.
+    assert learned.meta["banks_digest"] == banks_digest(load_bank("attacks"), load_bank("benign"))
+
+
+def test_the_learned_layer_separates_held_out_bank_texts(learned: LearnedInjectionScorer) -> None:
+    _, held = split_banks(load_bank("attacks"), load_bank("benign"))
+    rules = InjectionRules()
+    scores = [learned.score(v, rules.score(v)) for v in (views_of(e.text) for e in held)]
+    assert roc_auc_score([e.attack for e in held], scores) >= 0.85
+    threshold = float(learned.meta["threshold"])  # type: ignore[arg-type]
+    assert not [
+        e.text for e, s in zip(held, scores, strict=True) if not e.attack and s >= threshold
+    ]
+
+
+def test_the_learned_layer_over_its_threshold_flags_and_is_named(
+    learned: LearnedInjectionScorer,
+) -> None:
+    question = "How many days of leave do I get?"
+    always = InjectionDetector(
+        InjectionRules(), learned=learned, thresholds=LayerThresholds(learned=0.0)
+    )
+    verdict = always.check_sync(question)
+    assert verdict.flagged and verdict.categories == ("learned",)
+    assert "learned" in verdict.reason
+    shipped = InjectionDetector(InjectionRules(), learned=learned)
+    assert not shipped.check_sync(question).flagged
+
+
+def test_a_long_chunk_is_also_scored_in_windows() -> None:
+    long_text = " ".join(["The lantern battery lasts for days."] * 80)
+    pieces = pieces_of([long_text])
+    assert pieces[0] == long_text and len(pieces) > 2
+    assert all(len(p.split()) <= 120 for p in pieces[1:])
+    assert pieces_of(["a short question"]) == ["a short question"]
+
+
+def test_the_learned_layer_is_cheap_enough_for_every_request(
+    learned: LearnedInjectionScorer,
+) -> None:
+    texts = [e.text for e in load_bank("benign")][:100]
+    rules = InjectionRules()
+    started = time.perf_counter()
+    for text in texts:
+        views = views_of(text)
+        learned.score(views, rules.score(views))
+    per_check_ms = (time.perf_counter() - started) * 1000 / len(texts)
+    assert per_check_ms < 20, per_check_ms
+
+
+def test_training_from_the_banks_reproduces_the_shipped_weights() -> None:
+    retrained = train(load_bank("attacks"), load_bank("benign"))
+    shipped = LearnedWeights.load()
+    assert np.array_equal(retrained.indices, shipped.indices)
+    assert np.allclose(retrained.values, shipped.values, atol=1e-4)
+    assert retrained.meta["threshold"] == pytest.approx(float(shipped.meta["threshold"]), abs=1e-3)  # type: ignore[arg-type]
