@@ -53,6 +53,8 @@ LLAMAINDEX_MODULES = (
 )
 
 console = Console(stderr=True)
+# Rounds of ingest and bare encode, taken in turn; the table shows each one's best.
+INGEST_ROUNDS = 2
 WARM_UP_TEXT = " ".join(["Annual leave requests are approved by the line manager."] * 20)
 
 
@@ -137,26 +139,42 @@ class GuardragIngest:
         return [embedded_text(c) for c in self.chunks]
 
 
-def ingest_with_guardrag(corpus: Path, parts: IngestParts) -> GuardragIngest:
-    # The bare encode below runs on a warm model (ingest ran first); warming it before ingest
-    # too measures both at the same state, rather than charging ingest torch's first-call setup.
+def ingest_with_guardrag(corpus: Path, parts: IngestParts, scratch: Path) -> GuardragIngest:
+    """Ingest into a fresh store, then the bare encode of the same texts, `INGEST_ROUNDS` times
+    in turn; each figure is its best round. Other work on a shared machine only ever slows a
+    round, so the best rounds are the two measured in the most alike conditions."""
+    # The bare encode runs on a warm model (ingest ran first); warming it before ingest too
+    # measures both at the same state, rather than charging ingest torch's first-call setup.
     parts.embedder.embed_documents([WARM_UP_TEXT] * 2 * parts.embedder.batch_size)
-    first = ingest_folder(corpus, parts)
-    if first.failed:
-        raise RuntimeError(f"the benchmark corpus should read cleanly; failed: {first.failed}")
-    again = ingest_folder(corpus, parts)
-    chunks = list(parts.store.scroll_chunks())
-    # The embedder's raw speed on exactly the texts ingest embedded, in one bare call.
     model = parts.embedder._model
-    encode_seconds, vectors = timed(
-        lambda: model.encode([embedded_text(c) for c in chunks], batch_size=32)
-    )
+    info = CollectionInfo(parts.embedder.name, parts.embedder.dimension)
+    ingest_s, encode_s = [], []
+    for round_ in range(INGEST_ROUNDS):
+        store = EdgeStore(scratch / f"ingest-round-{round_}")
+        store.ensure_collection(info)
+        fresh = replace(parts, store=store)
+        first = ingest_folder(corpus, fresh)
+        if first.failed:
+            raise RuntimeError(f"the benchmark corpus should read cleanly; failed: {first.failed}")
+        ingest_s.append(first.seconds)
+        chunks = list(store.scroll_chunks())
+        texts = [embedded_text(c) for c in chunks]
+        # The embedder's raw speed on exactly the texts ingest embedded, in one bare call.
+        started = time.perf_counter()
+        vectors = model.encode(texts, batch_size=32)
+        seconds = time.perf_counter() - started
+        encode_s.append(seconds)
+        console.log(f"  round {round_ + 1}: ingest {first.seconds:.1f} s, encode {seconds:.1f} s")
+        if round_ < INGEST_ROUNDS - 1:
+            store.close()
+    again = ingest_folder(corpus, fresh)
+    store.close()
     return GuardragIngest(
         files=len(first.added),
         chunks=chunks,
-        seconds=first.seconds,
+        seconds=min(ingest_s),
         reingest_seconds=again.seconds,
-        encode_seconds=encode_seconds,
+        encode_seconds=min(encode_s),
         vectors=vectors,
     )
 
@@ -239,14 +257,27 @@ class LlamaIndexIngest:
 
 
 def ingest_with_llamaindex(
-    docs: Path, embed_model: Any, data_dir: Path, tokenizer: Any
+    docs: Path,
+    embed_model: Any,
+    data_dir: Path,
+    tokenizer: Any,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int = 0,
 ) -> LlamaIndexIngest:
     """SimpleDirectoryReader + VectorStoreIndex over QdrantVectorStore (qdrant-client embedded),
-    LlamaIndex's defaults otherwise (SentenceSplitter 1024/200, embed_batch_size 10)."""
+    LlamaIndex's defaults otherwise (SentenceSplitter 1024/200, embed_batch_size 10). Given
+    `chunk_tokens`, its SentenceSplitter cuts chunks that size instead."""
     from llama_index.core import Settings as LlamaSettings
     from llama_index.core import SimpleDirectoryReader, StorageContext, VectorStoreIndex
+    from llama_index.core.node_parser import SentenceSplitter
     from llama_index.vector_stores.qdrant import QdrantVectorStore
     from qdrant_client import QdrantClient
+
+    splitter = (
+        SentenceSplitter(chunk_size=chunk_tokens, chunk_overlap=overlap_tokens)
+        if chunk_tokens
+        else LlamaSettings.node_parser
+    )
 
     def build() -> tuple[Any, Any, list[Any]]:
         documents = SimpleDirectoryReader(str(docs), recursive=True).load_data()
@@ -256,11 +287,12 @@ def ingest_with_llamaindex(
             documents,
             storage_context=StorageContext.from_defaults(vector_store=store),
             embed_model=embed_model,
+            transformations=[splitter],
         )
         return index, client, documents
 
     seconds, (index, client, documents) = timed(build)
-    nodes = LlamaSettings.node_parser.get_nodes_from_documents(documents)
+    nodes = splitter.get_nodes_from_documents(documents)
     return LlamaIndexIngest(
         files=len({d.metadata["file_path"] for d in documents}),
         nodes=int(client.count("bench").count),
@@ -287,10 +319,14 @@ def llamaindex_retrieval(index: Any, questions: list[QAQuestion]) -> RetrievalSc
 # ---------------------------------------------------------------- the store at scale
 
 
-# Replicas of a real chunk vector are moved by noise to this cosine from it: distinct points
-# around the real embeddings (exact copies would tie, leaving recall undefined), about as close
-# to their source as a chunk's nearest other chunk in the development articles (median 0.88).
-REPLICA_COSINE = 0.9
+# Store points past the real chunks are mixes of three real chunk vectors (random convex
+# weights) plus this much noise: distinct points spread over the region real embeddings fill.
+# Exact copies would tie, leaving recall undefined; tight clusters of noisy copies of each
+# chunk, tried first, made near-ties of every top 10 (recall@10 0.5 at any hnsw_ef).
+MIX_NOISE = 0.3
+# HNSW results scoring within this of the exact 10th result count as found: misses that close
+# are interchangeable for retrieval.
+NEAR_TIE = 0.01
 
 
 def distinct_vectors(run: GuardragIngest) -> np.ndarray:
@@ -302,13 +338,16 @@ def distinct_vectors(run: GuardragIngest) -> np.ndarray:
 
 
 def replicate_vectors(real: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """`count` unit vectors: the real ones, then noisy replicas of them in turn."""
-    unit = real / np.linalg.norm(real, axis=1, keepdims=True)
-    base = unit[np.arange(count) % len(unit)]
-    sigma = np.sqrt(1 / REPLICA_COSINE**2 - 1) / np.sqrt(DIMENSION)
-    noise = np.random.default_rng(seed).standard_normal(base.shape).astype(np.float32) * sigma
-    noise[: len(real)] = 0
-    vectors = base + noise
+    """`count` unit vectors: the real ones, then mixes of three of them with a little noise."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(real), size=(count, 3))
+    weights = rng.dirichlet([1.0, 1.0, 1.0], size=count).astype(np.float32)
+    vectors = (real[picks] * weights[..., None]).sum(axis=1)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors += rng.standard_normal(vectors.shape).astype(np.float32) * (
+        MIX_NOISE / np.sqrt(DIMENSION)
+    )
+    vectors[: len(real)] = real
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -339,6 +378,7 @@ class EdgeFigures:
     hnsw_dense: Latency
     hnsw_hybrid: Latency
     hnsw_recall: float
+    hnsw_near_recall: float
 
 
 @dataclass(frozen=True)
@@ -375,21 +415,34 @@ def bench_edge(load: SearchLoad, path: Path, small: int) -> EdgeFigures:
     upsert_s = fill(edge, load.chunks, load.vectors, 0, small)
     small_dense = latency(load.dense(edge), queries)
     upsert_s += fill(edge, load.chunks, load.vectors, small, len(load.vectors))
-    exact_ids = [[h.chunk.id for h in edge.search(p, 10)] for p in load.probes]
+    exact = [edge.search(p, 10) for p in load.probes]
     dense = latency(load.dense(edge), queries)
     hybrid = latency(load.hybrid(edge), queries)
     # Ingest ends with optimize(), which builds the HNSW index once segments pass Qdrant's
     # indexing threshold; until then every search is brute force.
     optimize_s, _ = timed(edge.optimize)
-    hnsw_ids = [[h.chunk.id for h in edge.search(p, 10)] for p in load.probes]
+    hnsw = [edge.search(p, 10) for p in load.probes]
     recall = statistics.fmean(
-        len(set(a) & set(b)) / 10 for a, b in zip(exact_ids, hnsw_ids, strict=True)
+        len({h.chunk.id for h in a} & {h.chunk.id for h in b}) / 10
+        for a, b in zip(exact, hnsw, strict=True)
+    )
+    near_recall = statistics.fmean(
+        sum(h.score >= a[-1].score - NEAR_TIE for h in b) / 10
+        for a, b in zip(exact, hnsw, strict=True)
     )
     hnsw_dense = latency(load.dense(edge), queries)
     hnsw_hybrid = latency(load.hybrid(edge), queries)
     edge.close()
     return EdgeFigures(
-        upsert_s, small_dense, dense, hybrid, optimize_s, hnsw_dense, hnsw_hybrid, recall
+        upsert_s,
+        small_dense,
+        dense,
+        hybrid,
+        optimize_s,
+        hnsw_dense,
+        hnsw_hybrid,
+        recall,
+        near_recall,
     )
 
 
@@ -413,7 +466,7 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[BenchRow]
     share = run.reingest_seconds / run.seconds
     rows = [
         BenchRow(
-            f"ingest throughput vs bare encode(batch_size=32), same {n} texts",
+            f"ingest vs bare encode(batch_size=32), same {n} texts, best of {INGEST_ROUNDS}",
             f"{speed:.1f} chunks/s",
             f"{raw:.1f} chunks/s",
             f"{speed / raw:.2f}",
@@ -442,10 +495,17 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[BenchRow]
     return rows
 
 
-def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any) -> list[BenchRow]:
+def llamaindex_rows(
+    run: GuardragIngest,
+    stock: LlamaIndexIngest,
+    small: LlamaIndexIngest,
+    chunk_tokens: int,
+    tokenizer: Any,
+) -> list[BenchRow]:
     ours_chunks, theirs_chunks = len(run.chunks) / run.seconds, stock.nodes / stock.seconds
     ours_files, theirs_files = run.files / run.seconds, stock.files / stock.seconds
     ours_cut = unembedded_share(run.texts, tokenizer)
+    small_chunks, small_files = small.nodes / small.seconds, small.files / small.seconds
     return [
         BenchRow(
             f"chunks/s vs stock LlamaIndex ({len(run.chunks)} chunks vs {stock.nodes} nodes)",
@@ -467,6 +527,25 @@ def llamaindex_rows(run: GuardragIngest, stock: LlamaIndexIngest, tokenizer: Any
             "  chunk text past the embedder's 256-token window (never embedded)",
             f"{ours_cut:.0%}",
             f"{stock.unembedded_share:.0%}",
+            "",
+        ),
+        # The same work: LlamaIndex cutting chunks of guardrag's size, so both embed all text.
+        BenchRow(
+            f"chunks/s vs LlamaIndex cutting {chunk_tokens}-token chunks ({small.nodes} nodes)",
+            f"{ours_chunks:.1f}",
+            f"{small_chunks:.1f}",
+            f"{ours_chunks / small_chunks:.2f}",
+        ),
+        BenchRow(
+            f"files/s vs LlamaIndex cutting {chunk_tokens}-token chunks",
+            f"{ours_files:.2f}",
+            f"{small_files:.2f}",
+            f"{ours_files / small_files:.2f}",
+        ),
+        BenchRow(
+            "  chunk text past the embedder's 256-token window (never embedded)",
+            f"{ours_cut:.0%}",
+            f"{small.unembedded_share:.0%}",
             "",
         ),
     ]
@@ -499,17 +578,26 @@ def store_rows(edge: EdgeFigures, client: ClientFigures, points: int, small: int
             client.dense,
             False,
         ),
-        search(f"dense search, Edge exact {big} (as shipped)", edge.dense, client.dense, True),
+        search(f"dense search, Edge exact {big} (before optimize)", edge.dense, client.dense, True),
         search(
-            f"dense search, Edge HNSW {big} after optimize()", edge.hnsw_dense, client.dense, True
+            f"dense search, Edge HNSW {big} after optimize() (as shipped)",
+            edge.hnsw_dense,
+            client.dense,
+            True,
         ),
         search(f"hybrid search, Edge exact {big}", edge.hybrid, client.hybrid, True),
         search(f"hybrid search, Edge HNSW {big}", edge.hnsw_hybrid, client.hybrid, True),
         BenchRow(
-            f"  HNSW recall@10 vs exact {big} (real vectors + noisy replicas, real questions)",
+            f"  HNSW recall@10 vs exact {big} (real chunk vectors + mixes, real questions)",
             f"{edge.hnsw_recall:.3f}",
             "1.000 exact",
             f"{edge.hnsw_recall:.3f}",
+        ),
+        BenchRow(
+            f"  HNSW top 10 within {NEAR_TIE} cosine of the exact 10th {big}",
+            f"{edge.hnsw_near_recall:.3f}",
+            "1.000 exact",
+            f"{edge.hnsw_near_recall:.3f}",
         ),
         BenchRow(
             f"  optimize() {big} (blocks) vs the upsert it follows",
@@ -605,7 +693,18 @@ def compare_with_llamaindex(
     corpus = scratch / "corpus"
     stock = ingest_with_llamaindex(corpus, embed_model, scratch / "llamaindex", tokenizer)
     stock.client.close()
-    rows = llamaindex_rows(run, stock, tokenizer)
+    chunk_tokens = settings.ingest.chunk_tokens
+    console.log(f"LlamaIndex cutting {chunk_tokens}-token chunks: ingesting {run.files} files")
+    small = ingest_with_llamaindex(
+        corpus,
+        embed_model,
+        scratch / "llamaindex-small",
+        tokenizer,
+        chunk_tokens,
+        settings.ingest.chunk_overlap_tokens,
+    )
+    small.client.close()
+    rows = llamaindex_rows(run, stock, small, chunk_tokens, tokenizer)
     console.log("stock LlamaIndex: retrieval on the development set")
     dev = ingest_with_llamaindex(args.dataset / "docs", embed_model, scratch / "li-dev", tokenizer)
     scores = llamaindex_retrieval(dev.index, questions)
@@ -634,8 +733,11 @@ def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]
         corpus = scratch / "corpus"
         files = replicate_corpus(args.dataset / "docs", corpus, args.copies)
         parts = build_ingest_parts(settings)
-        console.log(f"guardrag: ingesting {len(files)} files, then again unchanged, then encode")
-        run = ingest_with_guardrag(corpus, parts)
+        console.log(
+            f"guardrag: ingesting {len(files)} files and encoding their chunks bare, "
+            f"{INGEST_ROUNDS} rounds; then again unchanged"
+        )
+        run = ingest_with_guardrag(corpus, parts, scratch)
         parts.store.close()
         console.log("guardrag: each stage alone")
         stages = time_stages(corpus / "copy-000", parts, run, scratch)

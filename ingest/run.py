@@ -168,6 +168,8 @@ def ingest_folder(
         vectors = parts.embedder.embed_documents(
             [f"{c.section}\n{c.text}" if c.section else c.text for c in batch],
             on_progress=embedding(embedded, len(batch)),
+            # Two batches of 32 take about a second here: the bar moves that often.
+            batches_per_report=2,
         )
         counts = [len(in_flight[c.path].chunks) for c in batch]
         parts.store.upsert(batch, vectors, counts, owner)

@@ -28,6 +28,8 @@ _POINT_NAMESPACE = uuid.UUID("5f1c3c1e-8f64-4d0e-9d7a-6a2b8f0f4c11")
 # owners existed carry no owner field and count as shared.
 SHARED = "shared"
 OWNER = "owner"
+# Payload fields filtered on: a file's chunks (replace, delete) and an asker's scope (search).
+INDEXED_FIELDS = ("path", "file_hash", OWNER)
 
 
 class StoreError(RuntimeError):
@@ -155,6 +157,10 @@ class _Bm25:
 
 # Reciprocal-rank fusion's constant (Cormack et al.); Qdrant's default too.
 RRF_K = 60
+# HNSW candidates per search once the index is built. At 100k chunks (make bench-ingest) the
+# default gave recall@10 0.85 against exact search, 256 gave 0.89 for 0.46 ms p95; the misses
+# are near-ties (every result within 0.01 cosine of the exact 10th).
+HNSW_EF = 256
 
 
 def _edge_owner_filter(owners: Sequence[str]) -> Any:
@@ -197,6 +203,7 @@ class EdgeStore:
             _check_info(stored, info, str(self.path))
             if self._shard is None:
                 self._shard = self._load_shard()
+            self._index_payload_fields()
             return
         self.path.mkdir(parents=True, exist_ok=True)
         shard_dir = self.path / "shard"
@@ -209,8 +216,21 @@ class EdgeStore:
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
         self._shard = qe.EdgeShard.create(str(shard_dir), config)
+        self._index_payload_fields()
         # Written last: a shard without this file is an interrupted creation, refused below.
         self._meta_path.write_text(json.dumps(asdict(info)))
+
+    def _index_payload_fields(self) -> None:
+        # Without these, deleting a file's chunks and an owner-scoped search read every
+        # point's payload: at 100k chunks that is tens of ms a search, a scan a changed file.
+        # Shards made before the indexes existed get them here.
+        import qdrant_edge as qe
+
+        missing = set(INDEXED_FIELDS) - set(self._shard.info().payload_schema)
+        for field in sorted(missing):
+            self._shard.update(
+                qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword)
+            )
 
     def open_existing(self) -> CollectionInfo | None:
         """Open the shard if one exists, returning what it was filled with."""
@@ -304,8 +324,11 @@ class EdgeStore:
         shard = self._require()
         scope = _edge_owner_filter(owners) if owners is not None else None
         dense = qe.Query.Nearest(vector.tolist(), using=DENSE)
+        params = qe.SearchParams(hnsw_ef=max(HNSW_EF, limit))
         if text is None:
-            request = qe.QueryRequest(limit=limit, query=dense, filter=scope, with_payload=True)
+            request = qe.QueryRequest(
+                limit=limit, query=dense, filter=scope, params=params, with_payload=True
+            )
         else:
             sparse = qe.Query.Nearest(qe.SparseVector(*self._bm25.query(text)), using=SPARSE)
             request = qe.QueryRequest(
@@ -313,7 +336,7 @@ class EdgeStore:
                 # Scoped in each prefetch: fusing unscoped candidates and filtering afterwards
                 # would let another user's chunks crowd out the asker's.
                 prefetches=[
-                    qe.Prefetch(limit=limit, query=dense, filter=scope),
+                    qe.Prefetch(limit=limit, query=dense, filter=scope, params=params),
                     qe.Prefetch(limit=limit, query=sparse, filter=scope),
                 ],
                 # The stubs say `Fusion`; at run time the query is the Rrf variant, built with k.
@@ -398,7 +421,7 @@ class ServerStore:
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata=asdict(info),
         )
-        for field in ("path", "file_hash", OWNER):
+        for field in INDEXED_FIELDS:
             self._client.create_payload_index(
                 self.collection, field, models.PayloadSchemaType.KEYWORD
             )

@@ -1,6 +1,10 @@
 import itertools
 
-from ingest.chunking import chunk_text, markdown_sections
+from ingest.chunking import chunk_document, chunk_text, markdown_sections
+from ingest.readers import read_document
+from rag.models import resolve_model
+from rag.settings import Settings
+from tests.conftest import EXAMPLES
 
 
 def words(text: str) -> int:
@@ -68,3 +72,25 @@ def test_a_short_paragraph_is_repeated_as_overlap_into_the_next_chunk() -> None:
     for earlier, later in itertools.pairwise(pieces):
         last_paragraph = earlier.text.split("\n\n")[-1]
         assert later.text.startswith(last_paragraph)
+
+
+def test_one_tokenizer_pass_cuts_the_same_chunks_as_tokenizing_every_span(
+    provisioned: Settings,
+) -> None:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(provisioned.embedder.model, provisioned.models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    assert tokenizer.is_fast
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False, verbose=False))
+
+    documents = [read_document(f) for f in sorted(EXAMPLES.rglob("*")) if f.is_file()]
+    assert len(documents) >= 5
+    for document in documents:
+        for limit, overlap in [(200, 30), (40, 12)]:
+            fast = chunk_document(document.text, tokenizer, limit, overlap, document.markdown)
+            slow = chunk_text(document.text, count, limit, overlap, document.markdown)
+            assert fast == slow
+            assert all(count(p.text) <= limit for p in fast)

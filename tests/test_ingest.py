@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pypdfium2 as pdfium
 import pytest
 
-from ingest.run import IngestError, IngestParts, build_ingest_parts, ingest_folder
+from ingest.run import IngestError, IngestParts, IngestProgress, build_ingest_parts, ingest_folder
 from rag.compose import build_embedder, build_injection
 from rag.schema import Chunk
 from rag.settings import Settings
 from rag.store import CollectionInfo, EdgeStore, ServerStore, StoreError, point_id
 from tests.conftest import local_settings
+from tests.test_readers import pdf_bytes
 
 
 @pytest.fixture
@@ -185,3 +187,93 @@ def test_hybrid_search_lifts_an_exact_code_that_dense_search_ranks_low(
     assert hybrid_rank <= dense_rank - 4
     store.close()
     assert build_injection(provisioned).check_sync(texts[0]).outcome == "allow"
+
+
+def test_a_pdf_of_thousands_of_pages_is_refused_while_the_rest_ingests(
+    parts: IngestParts, tmp_path: Path
+) -> None:
+    folder = tmp_path / "manuals"
+    folder.mkdir()
+    pages = parts.settings.max_pdf_pages + 500
+    one_page = pdfium.PdfDocument(pdf_bytes(["This manual page repeats."]))
+    huge = pdfium.PdfDocument.new()
+    huge.import_pages(one_page, [0] * pages)
+    huge.save(str(folder / "huge manual.pdf"))
+    (folder / "short.md").write_text("# Short\n\nThe short guide says lanterns need oil.\n")
+    report = ingest_folder(folder, parts)
+    limit = parts.settings.max_pdf_pages
+    assert report.failed == [
+        (
+            str(folder / "huge manual.pdf"),
+            f"{pages} pages is over the limit of {limit} (ingest.max_pdf_pages)",
+        )
+    ]
+    assert report.added == ["manuals/short.md"]
+    assert not any("manual page repeats" in c.text for c in parts.store.scroll_chunks())
+
+
+# Facts only one file holds, so a search for each must cite exactly that file.
+ODD_FILES = {
+    "v1..v2 notes.md": "The v1 to v2 migration window closes on the fourteenth of March.",
+    "Team Docs (2026)/Q3 report .. final.txt": "Lantern sales in the third quarter rose by 12%.",
+    "Ünïcødé 日本語/naïve résumé ñ.md": "Résumé screening is done by the hiring manager only.",
+    "ends with dots...md": "The warehouse in Lyon closes for the August holiday.",
+}
+
+
+def test_odd_file_names_ingest_cite_and_reingest_exactly(
+    parts: IngestParts, tmp_path: Path
+) -> None:
+    folder = tmp_path / "odd"
+    for name, fact in ODD_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"{fact}\n")
+    pdf = "Team Docs (2026)/scan .. ü.pdf"
+    # Page 2 is longer than a chunk, so its first chunk starts on it (a chunk cites the page
+    # it starts on).
+    page_two = "\n".join(
+        ["The fleet has 41 delivery vans."] + ["Routes are planned a day ahead."] * 40
+    )
+    (folder / pdf).write_bytes(pdf_bytes(["Cover page of the fleet report", page_two]))
+    # A dotfile, however it is spelled, stays hidden as the file manager shows it.
+    (folder / "..hidden.md").write_text("Hidden notes are never ingested.\n")
+    report = ingest_folder(folder, parts)
+    assert not report.failed
+    stored = [f"odd/{name}" for name in [*ODD_FILES, pdf]]
+    assert sorted(report.added) == sorted(stored)
+    embedder = parts.embedder
+    for name, fact in ODD_FILES.items():
+        hit = parts.store.search(embedder.embed_query(fact), 1, text=fact)[0]
+        assert hit.chunk.location == f"odd/{name}"
+    hit = parts.store.search(embedder.embed_query("How many delivery vans?"), 1)[0]
+    assert hit.chunk.location == f"odd/{pdf} · p. 2"
+
+    again = ingest_folder(folder, parts)
+    assert again.chunks_written == 0 and sorted(again.unchanged) == sorted(stored)
+    (folder / "Ünïcødé 日本語/naïve résumé ñ.md").unlink()
+    pruned = ingest_folder(folder, parts)
+    assert pruned.removed == ["odd/Ünïcødé 日本語/naïve résumé ñ.md"]
+    assert not any("Résumé screening" in c.text for c in parts.store.scroll_chunks())
+
+
+def test_progress_counts_chunks_while_a_batch_embeds(
+    parts: IngestParts, examples_copy: Path
+) -> None:
+    seen: list[IngestProgress] = []
+    report = ingest_folder(examples_copy, parts, progress=seen.append)
+    embedding = [p for p in seen if p.message.startswith("embedded")]
+    # One batch holds the whole folder: without in-batch reports the count would sit at 0
+    # until every chunk was embedded.
+    assert len(embedding) >= 2 and embedding[0].chunks_embedded < report.chunks_written
+    counts = [p.chunks_embedded for p in seen]
+    assert counts == sorted(counts) and counts[-1] == report.chunks_written
+    assert all(p.chunks_per_second > 0 for p in embedding)
+
+
+def test_embedding_with_progress_keeps_the_texts_order(provisioned: Settings) -> None:
+    embedder = build_embedder(provisioned)
+    texts = [f"Note {i}: " + "lantern oil " * (i % 7) for i in range(70)]
+    done: list[int] = []
+    vectors = embedder.embed_documents(texts, on_progress=done.append, batches_per_report=1)
+    assert done == [32, 64, 70]
+    assert np.allclose(vectors, embedder.embed_documents(texts), atol=1e-5)

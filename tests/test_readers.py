@@ -12,13 +12,15 @@ EVAL_DOCS = Path(__file__).resolve().parent.parent.parent / "shared/eval-data/re
 
 
 def pdf_bytes(pages: list[str], title: str | None = None, encrypted: bool = False) -> bytes:
-    """A minimal PDF written by hand: one Helvetica line per page ("" for an empty page)."""
+    """A minimal PDF written by hand: Helvetica lines per page (split on "\n"; "" for an empty
+    page)."""
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
     kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
     objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     for i, text in enumerate(pages):
-        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+        lines = " T* ".join(f"({line}) Tj" for line in text.split("\n"))
+        content = f"BT /F1 12 Tf 14 TL 72 720 Td {lines} ET".encode() if text else b""
         objects.append(
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
