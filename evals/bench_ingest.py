@@ -749,7 +749,8 @@ def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]
         load = SearchLoad(
             run.chunks,
             replicate_vectors(distinct_vectors(run), args.points),
-            np.stack([parts.embedder.embed_query(q) for q in asked]),
+            # Not embed_query: its cache would then answer the retrieval run's questions below.
+            parts.embedder.embed_documents([parts.embedder.query_instruction + q for q in asked]),
             asked,
         )
         edge = bench_edge(load, scratch / "edge", args.baseline_points)

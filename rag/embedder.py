@@ -42,18 +42,20 @@ class SentenceEmbedder:
     ) -> np.ndarray:
         """Unit vectors for `texts`, in order. `on_progress` hears how many are done after
         every `batches_per_report` batches."""
-        if on_progress is None:
-            return self._encode(list(texts))
-        # encode() sorts its texts longest first so each batch pads little. Sorting the same
-        # way here and encoding whole batches at a time keeps exactly those batches, so
-        # reporting progress costs no extra padding.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        step = self.batch_size * batches_per_report
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for at in range(0, len(order), step):
-            part = order[at : at + step]
-            vectors[part] = self._encode([texts[i] for i in part])
-            on_progress(at + len(part))
+        if not texts:
+            return vectors
+        # encode() sorts a call's texts by characters so each batch pads little; sorting by
+        # tokens pads less (10 % fewer padded tokens on the development chunks, make
+        # bench-ingest). One encode() call a batch keeps these batches as they are.
+        ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        for number, at in enumerate(range(0, len(order), self.batch_size), start=1):
+            batch = order[at : at + self.batch_size]
+            vectors[batch] = self._encode([texts[i] for i in batch])
+            last = at + len(batch) == len(order)
+            if on_progress is not None and (number % batches_per_report == 0 or last):
+                on_progress(at + len(batch))
         return vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -131,16 +131,14 @@ def ingest(
                 console=console,
             ) as bar:
                 task = bar.add_task("ingesting", total=None, chunks=0, rate="-")
-                started = time.perf_counter()
 
                 def show(p: IngestProgress) -> None:
-                    rate = p.chunks_written / max(time.perf_counter() - started, 1e-6)
                     bar.update(
                         task,
                         completed=p.files_done,
                         total=p.files_total,
-                        chunks=p.chunks_written,
-                        rate=f"{rate:.0f}",
+                        chunks=p.chunks_embedded,
+                        rate=f"{p.chunks_per_second:.0f}",
                     )
                     if p.message.startswith("failed"):
                         bar.console.log(p.message)
@@ -149,7 +147,13 @@ def ingest(
         else:
             # Not a terminal (CI, a log file): one plain line per file.
             report = ingest_folder(
-                path, parts, prune=prune, progress=lambda p: console.log(p.message)
+                path,
+                parts,
+                prune=prune,
+                progress=lambda p: console.log(
+                    f"{p.message} · {p.files_done}/{p.files_total} files · "
+                    f"{p.chunks_embedded} chunks · {p.chunks_per_second:.0f} chunks/s"
+                ),
             )
         parts.store.close()
     except USER_ERRORS as exc:
