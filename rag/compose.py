@@ -26,7 +26,7 @@ from rag.generator import ModelUnavailable, OpenAIReplica, Replica, VLLMInProces
 from rag.guard_check import GuardChecker
 from rag.models import missing_message, require_model, resolve_model, resolve_spacy_package
 from rag.pipeline import Pipeline, Stages
-from rag.pool import ModelPool, ModelReplicas, PoolLimits
+from rag.pool import ModelPool, ModelReplicas
 from rag.reranker import CrossEncoderReranker
 from rag.router import TaskRouter, router_from_settings
 from rag.settings import ModelEndpoint, Settings, TelemetrySettings
@@ -205,23 +205,8 @@ def build_replicas(settings: Settings, name: str, endpoint: ModelEndpoint) -> li
     return REPLICA_BACKENDS[endpoint.backend](settings, name, endpoint)
 
 
-def _limits(settings: Settings) -> PoolLimits:
-    cfg = settings.generation.pool
-    return PoolLimits(
-        max_concurrency_per_replica=cfg.max_concurrency_per_replica,
-        queue_size=cfg.queue_size,
-        queue_timeout_s=cfg.queue_timeout_s,
-        retry_rounds=cfg.retry_rounds,
-        backoff_s=cfg.backoff_s,
-        breaker_failures=cfg.breaker_failures,
-        breaker_reset_s=cfg.breaker_reset_s,
-        load_refresh_s=cfg.load_refresh_s,
-        health_refresh_s=cfg.health_refresh_s,
-    )
-
-
 def build_pool(settings: Settings) -> ModelPool:
-    limits = _limits(settings)
+    limits = settings.generation.pool
     models = settings.generation.models
     return ModelPool(
         {
@@ -250,9 +235,9 @@ def build_output_guard(settings: Settings) -> LlamaGuard:
             )
         endpoint = ModelEndpoint(model=str(path), backend="vllm", max_model_len=2048)
     replicas = ModelReplicas(
-        "llama_guard", build_replicas(settings, "llama_guard", endpoint), _limits(settings)
+        "llama_guard", build_replicas(settings, "llama_guard", endpoint), settings.generation.pool
     )
-    pool = ModelPool({"llama_guard": replicas}, {}, _limits(settings))
+    pool = ModelPool({"llama_guard": replicas}, {}, settings.generation.pool)
 
     async def complete(prompt: str) -> str:
         # Llama Guard answers in at most two short lines.

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from rag.generator import Generation, ModelUnavailable, Replica, ReplicaFailed, ReplicaLoad
 from rag.schema import ChatMessage
+from rag.settings import PoolSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +34,6 @@ class PoolSaturated(RuntimeError):
 
 class NoUsableReplica(ReplicaFailed):
     """Every replica of a model is unhealthy, has its breaker open, or failed this round."""
-
-
-@dataclass(frozen=True)
-class PoolLimits:
-    """How the pool treats replicas; built from settings by the composition root."""
-
-    max_concurrency_per_replica: int = 32
-    queue_size: int = 64
-    queue_timeout_s: float = 30.0
-    retry_rounds: int = 2
-    backoff_s: float = 0.25
-    breaker_failures: int = 3
-    breaker_reset_s: float = 20.0
-    # vLLM's metrics are read at most this often per replica: fresh enough to see load move.
-    load_refresh_s: float = 0.5
-    health_refresh_s: float = 5.0
 
 
 class CircuitBreaker:
@@ -186,7 +171,7 @@ class Served:
 class ModelReplicas:
     """All replicas of one model."""
 
-    def __init__(self, model: str, replicas: Sequence[Replica], limits: PoolLimits) -> None:
+    def __init__(self, model: str, replicas: Sequence[Replica], limits: PoolSettings) -> None:
         if not replicas:
             raise ModelUnavailable(f"model {model} has no replicas (no urls in the profile)")
         self.model = model
@@ -302,7 +287,7 @@ class ModelPool:
         self,
         models: Mapping[str, ModelReplicas],
         fallbacks: Mapping[str, Sequence[str]],
-        limits: PoolLimits,
+        limits: PoolSettings,
     ) -> None:
         for model, chain in fallbacks.items():
             for fallback in chain:
