@@ -182,6 +182,7 @@ def _openai_server_replicas(
             endpoint.api_key,
             endpoint.timeout_s,
             endpoint.connect_timeout_s,
+            settings.generation.pool.probe_timeout_s,
         )
         for url in endpoint.urls
     ]

@@ -273,6 +273,7 @@ class OpenAIReplica:
         api_key: str | None,
         timeout_s: float,
         connect_timeout_s: float,
+        probe_timeout_s: float = 2.0,
     ) -> None:
         from openai import AsyncOpenAI
 
@@ -286,8 +287,11 @@ class OpenAIReplica:
         self._client = AsyncOpenAI(
             base_url=url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0
         )
-        # Probes give up quickly: a stale reading is better than a late one.
-        self._probe = httpx.AsyncClient(timeout=httpx.Timeout(1.0, connect=connect_timeout_s))
+        # Probes run in the background (no request waits for them), and a busy CPU server can
+        # answer /metrics late; a probe that gives up keeps the last reading.
+        self._probe = httpx.AsyncClient(
+            timeout=httpx.Timeout(probe_timeout_s, connect=connect_timeout_s)
+        )
 
     def _failed(self, exc: BaseException) -> ReplicaFailed:
         return ReplicaFailed(f"{self.where}: {type(exc).__name__}: {exc}")

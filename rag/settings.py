@@ -116,6 +116,8 @@ class PoolSettings(_Section):
     breaker_reset_s: float = 20.0
     load_refresh_s: float = 0.5
     health_refresh_s: float = 5.0
+    # A /health or /metrics read that takes longer gives up (the last reading stays).
+    probe_timeout_s: float = 2.0
 
 
 class TaskRoute(_Section):

@@ -57,7 +57,7 @@ async def collect(pool: ModelPool, model: str, max_tokens: int, served: list[Ser
 
 async def running_requests(server: VLLMServer, at_least: int) -> float:
     """vLLM's own count of running requests, once it reaches `at_least` (or after 20 s)."""
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=30) as http:
         for _ in range(80):
             load = parse_vllm_load((await http.get(f"{server.root}/metrics")).text)
             if load.running >= at_least:
@@ -98,14 +98,17 @@ async def test_a_new_request_goes_to_the_replica_vllm_reports_idle(
             other.chat.completions.create(
                 model="tiny",
                 messages=[{"role": "user", "content": f"q{i}"}],
-                max_tokens=300,
+                max_tokens=900,
                 temperature=0.0,
             )
         )
         for i in range(3)
     ]
     assert await running_requests(servers[0], 3) == 3
-    pool = build_pool(pool_settings(provisioned, {"tiny": tiny([s.url for s in servers])}))
+    # A server generating on a loaded CPU answers /metrics late: this reading may wait.
+    pool = build_pool(
+        pool_settings(provisioned, {"tiny": tiny([s.url for s in servers])}, probe_timeout_s=30.0)
+    )
     await pool.refresh()
     assert pool.models["tiny"].states[0].busyness >= 3, pool.status()
     chosen = []
@@ -200,7 +203,8 @@ async def test_queued_requests_go_by_priority_then_arrival(
             pass
         finished.append(name)
 
-    holder = asyncio.create_task(ask("holder", 0, 60))
+    # The holder outlasts the arrivals by seconds, even on an idle, fast machine.
+    holder = asyncio.create_task(ask("holder", 0, 400))
     await asyncio.sleep(0.3)
     late = [asyncio.create_task(ask("background", 9, 4))]
     await asyncio.sleep(0.1)
@@ -223,7 +227,7 @@ async def test_a_full_queue_refuses_at_once_and_a_queued_request_waits_its_turn(
             queue_timeout_s=30,
         )
     )
-    first = asyncio.create_task(collect(pool, "tiny", 100, []))
+    first = asyncio.create_task(collect(pool, "tiny", 400, []))
     await asyncio.sleep(0.3)
     queued = asyncio.create_task(collect(pool, "tiny", 8, []))
     await asyncio.sleep(0.3)
