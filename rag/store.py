@@ -36,6 +36,12 @@ class StoreError(RuntimeError):
     """The store cannot be used as asked; the message says why and what to do."""
 
 
+def ranked(hits: list[Hit]) -> list[Hit]:
+    """Best first; equal scores (frequent with reciprocal-rank fusion) by chunk id, so a
+    question always gets the same order, run after run."""
+    return sorted(hits, key=lambda h: (-h.score, h.chunk.id))
+
+
 def point_id(path: str, ordinal: int, content_hash: str, owner: str = SHARED) -> str:
     # Shared chunks keep the id they had before owners existed, so older stores stay
     # idempotent; a user's chunk gets its own id, so two users' "notes/a.md" never collide.
@@ -344,7 +350,7 @@ class EdgeStore:
                 filter=scope,
                 with_payload=True,
             )
-        return [Hit(_chunk(p.id, p.payload), float(p.score)) for p in shard.query(request)]
+        return ranked([Hit(_chunk(p.id, p.payload), float(p.score)) for p in shard.query(request)])
 
     def optimize(self) -> bool:
         # Edge runs no optimizers in the background: until this runs, every search is brute
@@ -544,7 +550,7 @@ class ServerStore:
             query_filter=scope,
             **query,
         )
-        return [Hit(_chunk(p.id, p.payload or {}), float(p.score)) for p in response.points]
+        return ranked([Hit(_chunk(p.id, p.payload or {}), float(p.score)) for p in response.points])
 
     def optimize(self) -> bool:
         # A Qdrant server runs its optimizers in the background; nothing to ask for.
