@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity
 from guardrails.injection_learned import LearnedInjectionScorer
+from guardrails.rule_screen import RuleScreen
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
 
 # Characters that render as nothing or reorder text: used to split keywords invisibly.
@@ -615,11 +616,13 @@ class InjectionRules:
 
     def __init__(self, rules: tuple[Rule, ...] = RULES + GENERIC_RULES) -> None:
         self.rules = rules
+        self._screen = RuleScreen([rule.pattern for rule in rules])
 
     def score(self, views: Sequence[str]) -> tuple[float, tuple[str, ...]]:
         hits: dict[str, float] = {}
         for view in views:
-            for rule in self.rules:
+            for index in self._screen.candidates(view):
+                rule = self.rules[index]
                 if rule.matches(view):
                     hits[rule.category] = max(hits.get(rule.category, 0.0), rule.weight)
         if not hits:

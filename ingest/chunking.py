@@ -44,6 +44,9 @@ class TextPiece:
     section: str
     start: int
     end: int
+    # The piece's length in the chunking tokenizer's tokens: the embedder sorts its batches
+    # by it without tokenizing the texts again.
+    tokens: int = 0
 
     @property
     def content_hash(self) -> str:
@@ -194,7 +197,7 @@ def _pack(
     for unit in units:
         candidate = [*current, unit]
         if current and count(candidate[0][0], unit[1]) > max_tokens:
-            pieces.append(_piece(text, current, section))
+            pieces.append(_piece(text, current, section, count))
             carry = current[-1]
             current = [carry, unit] if count(*carry) <= overlap_tokens else [unit]
             if count(current[0][0], unit[1]) > max_tokens:
@@ -202,10 +205,10 @@ def _pack(
         else:
             current = candidate
     if current:
-        pieces.append(_piece(text, current, section))
+        pieces.append(_piece(text, current, section, count))
     return pieces
 
 
-def _piece(text: str, units: list[tuple[int, int]], section: str) -> TextPiece:
+def _piece(text: str, units: list[tuple[int, int]], section: str, count: CountSpan) -> TextPiece:
     start, end = units[0][0], units[-1][1]
-    return TextPiece(text[start:end].strip(), section, start, end)
+    return TextPiece(text[start:end].strip(), section, start, end, count(start, end))

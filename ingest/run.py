@@ -102,6 +102,8 @@ class _Prepared:
     file: Path
     status: Literal["chunks", "unchanged", "failed"]
     chunks: tuple[Chunk, ...] = ()
+    # Each chunk's embedded text in tokens (heading path and text), for the embedder's sort.
+    token_counts: tuple[int, ...] = ()
     is_update: bool = False
     file_hash: str = ""
     reason: str = ""
@@ -134,6 +136,7 @@ def ingest_folder(
     files_done = 0
     embedded = 0
     pending: list[Chunk] = []
+    tokens_of: dict[str, int] = {}
     unwritten: dict[str, int] = {}
     in_flight: dict[str, _Prepared] = {}
 
@@ -170,6 +173,7 @@ def ingest_folder(
             on_progress=embedding(embedded, len(batch)),
             # Two batches of 32 take about a second here: the bar moves that often.
             batches_per_report=2,
+            token_counts=[tokens_of.pop(c.id) for c in batch],
         )
         counts = [len(in_flight[c.path].chunks) for c in batch]
         parts.store.upsert(batch, vectors, counts, owner)
@@ -203,6 +207,7 @@ def ingest_folder(
         in_flight[item.name] = item
         unwritten[item.name] = len(item.chunks)
         pending.extend(item.chunks)
+        tokens_of.update(zip((c.id for c in item.chunks), item.token_counts, strict=True))
         batch = parts.settings.write_batch
         while len(pending) >= batch:
             write(pending[:batch])
@@ -263,7 +268,14 @@ def _prepare(
     except OSError as exc:
         return _Prepared(name, file, "failed", reason=f"cannot read: {exc.strerror or exc}")
     chunks = []
+    heading_tokens: dict[str, int] = {}
+    token_counts = []
     for ordinal, piece in enumerate(pieces):
+        if piece.section not in heading_tokens:
+            heading_tokens[piece.section] = (
+                len(parts.embedder.tokenizer.tokenize(piece.section)) if piece.section else 0
+            )
+        token_counts.append(piece.tokens + heading_tokens[piece.section])
         verdict = parts.injection.check_sync(piece.text)
         chunks.append(
             Chunk(
@@ -280,7 +292,9 @@ def _prepare(
                 injection_categories=verdict.categories if verdict.flagged else (),
             )
         )
-    return _Prepared(name, file, "chunks", tuple(chunks), state is not None, file_hash)
+    return _Prepared(
+        name, file, "chunks", tuple(chunks), tuple(token_counts), state is not None, file_hash
+    )
 
 
 def build_ingest_parts(settings: Settings) -> IngestParts:

@@ -29,7 +29,7 @@ from rag.pipeline import Pipeline, Stages
 from rag.pool import ModelPool, ModelReplicas
 from rag.reranker import CrossEncoderReranker
 from rag.router import TaskRouter, router_from_settings
-from rag.settings import ModelEndpoint, Settings, TelemetrySettings
+from rag.settings import Device, ModelEndpoint, Precision, Settings, TelemetrySettings
 from rag.store import CollectionInfo, EdgeStore, ServerStore, Store, StoreError
 from rag.telemetry import AllTelemetry, OpenTelemetrySpans, PrometheusTelemetry, Telemetry
 
@@ -50,16 +50,30 @@ def configure_runtime(settings: Settings) -> None:
 
 @functools.cache
 def _embedder(
-    name: str, path: Path, instruction: str, batch: int, max_len: int
+    name: str,
+    path: Path,
+    instruction: str,
+    batch: int,
+    max_len: int,
+    device: Device,
+    precision: Precision,
 ) -> SentenceEmbedder:
-    return SentenceEmbedder(name, path, instruction, batch, max_len)
+    return SentenceEmbedder(name, path, instruction, batch, max_len, device, precision)
 
 
 def build_embedder(settings: Settings) -> SentenceEmbedder:
     configure_runtime(settings)
     cfg = settings.embedder
     path = require_model(cfg.model, settings.models_dir, "embedder")
-    return _embedder(cfg.model, path, cfg.query_instruction, cfg.batch_size, cfg.max_seq_length)
+    return _embedder(
+        cfg.model,
+        path,
+        cfg.query_instruction,
+        cfg.batch_size,
+        cfg.max_seq_length,
+        cfg.device,
+        cfg.precision,
+    )
 
 
 @functools.cache
@@ -255,7 +269,7 @@ def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str
     path = resolve_model(cfg.model, settings.models_dir)
     if path is None:
         return None, f"skipped: {missing_message(cfg.model, settings.models_dir, 'reranker')}"
-    return CrossEncoderReranker(cfg.model, path, cfg.min_score), ""
+    return CrossEncoderReranker(cfg.model, path, cfg.min_score, cfg.device, cfg.precision), ""
 
 
 def build_router(

@@ -6,23 +6,35 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from rag.precision import autocast_batches, batch_dtype, resolve_device
 from rag.schema import Hit
+from rag.settings import Device, Precision
 
 
 class CrossEncoderReranker:
-    def __init__(self, name: str, path: Path, min_score: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        min_score: float | None = None,
+        device: Device = "auto",
+        precision: Precision = "auto",
+    ) -> None:
         from sentence_transformers import CrossEncoder
 
         self.name = name
         self.min_score = min_score
-        self._model = CrossEncoder(str(path), device="cpu", local_files_only=True)
+        self.device = resolve_device(device)
+        self.batch_dtype = batch_dtype(precision, self.device)
+        self._model = CrossEncoder(str(path), device=self.device, local_files_only=True)
 
     def rerank(self, question: str, hits: Sequence[Hit], top_k: int) -> list[Hit]:
         if not hits:
             return []
-        scores = self._model.predict(
-            [(question, h.chunk.text) for h in hits], show_progress_bar=False
-        )
+        with autocast_batches(self.device, self.batch_dtype):
+            scores = self._model.predict(
+                [(question, h.chunk.text) for h in hits], show_progress_bar=False
+            )
         rescored = [replace(h, rerank_score=float(s)) for h, s in zip(hits, scores, strict=True)]
         rescored.sort(key=lambda h: h.rerank_score or 0.0, reverse=True)
         if self.min_score is not None:

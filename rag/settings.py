@@ -40,12 +40,22 @@ class GuardPolicy(_Section):
     on_unavailable: OnUnavailable = "block"
 
 
+# Where an encoder model (embedder, reranker) runs and how its batches multiply: rag/precision.py.
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
 class EmbedderSettings(_Section):
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     # bge models retrieve better when the query (not the passage) carries this instruction.
     query_instruction: str = ""
     batch_size: int = 32
     max_seq_length: int = 256
+    # auto: a CUDA GPU when torch sees one, else the CPU.
+    device: Device = "auto"
+    # auto: document batches in bfloat16 autocast where the hardware multiplies bfloat16
+    # natively (AMX / AVX512-BF16 CPUs, recent GPUs), float32 elsewhere (rag/precision.py).
+    precision: Precision = "auto"
 
 
 class StoreSettings(_Section):
@@ -85,6 +95,9 @@ class RerankerSettings(_Section):
     model: str = "BAAI/bge-reranker-base"
     enabled: bool = True
     min_score: float | None = None
+    device: Device = "auto"
+    # Each question's candidates are one batch: the same rule as the embedder's documents.
+    precision: Precision = "auto"
 
 
 class ModelEndpoint(_Section):

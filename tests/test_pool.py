@@ -6,8 +6,9 @@ bounded queue."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -209,14 +210,25 @@ async def test_queued_requests_go_by_priority_then_arrival(
             pass
         finished.append(name)
 
+    replicas = pool.models["tiny"]
+
+    async def until(condition: Callable[[], bool]) -> None:
+        # Each arrival waits for the pool to show the previous one's effect: fixed sleeps
+        # raced the arrivals against a loaded machine.
+        async with asyncio.timeout(60):
+            while not condition():
+                await asyncio.sleep(0.01)
+
     # The holder outlasts the arrivals by seconds, even on an idle, fast machine.
     holder = asyncio.create_task(ask("holder", 0, 400))
-    await asyncio.sleep(0.3)
-    late = [asyncio.create_task(ask("background", 9, 4))]
-    await asyncio.sleep(0.1)
-    late.append(asyncio.create_task(ask("urgent", 0, 4)))
-    await asyncio.sleep(0.1)
-    late.append(asyncio.create_task(ask("newcomer", 9, 4)))
+    await until(lambda: replicas.states[0].in_flight == 1)
+    late = []
+    for queued, (name, priority) in enumerate(
+        [("background", 9), ("urgent", 0), ("newcomer", 9)], start=1
+    ):
+        late.append(asyncio.create_task(ask(name, priority, 4)))
+        await until(functools.partial(lambda n: len(replicas.queue) == n, queued))
+    assert not holder.done(), "the holder ended before all three queued: nothing was tested"
     await asyncio.gather(holder, *late)
     assert finished == ["holder", "urgent", "background", "newcomer"]
 
