@@ -36,6 +36,9 @@ class Document:
     # Character offset in `text` where each page starts; page n (1-based) starts at
     # page_starts[n - 1]. Empty for formats without pages.
     page_starts: tuple[int, ...] = ()
+    # How text that was not UTF-8 was decoded ("cp1252, detected"); empty for UTF-8 text and
+    # for formats that carry their own encoding (PDF, DOCX). Ingest reports it.
+    decoded_as: str = ""
 
     def page_at(self, offset: int) -> int | None:
         if not self.page_starts:
@@ -43,21 +46,31 @@ class Document:
         return bisect.bisect_right(self.page_starts, offset)
 
 
-def decode_text(data: bytes, declared_encoding: str | None = None) -> str:
+@dataclass(frozen=True)
+class DecodedText:
+    text: str
+    # Empty for UTF-8; otherwise the encoding used and how it was chosen.
+    decoded_as: str = ""
+
+
+def decode_text(data: bytes, declared_encoding: str | None = None) -> DecodedText:
     """Bytes to text with the encoding detected, never guessed silently: undetectable or
-    binary content is an error naming the reason. An encoding the file declares (an HTML
-    `<meta charset>`) is tried after UTF-8 and before detection."""
+    binary content is an error naming the reason, and text that is not UTF-8 says how it was
+    decoded. An encoding the file declares (an HTML `<meta charset>`) is tried after UTF-8 and
+    before detection."""
     if not data:
         raise ReadError("empty file")
     if b"\x00" in data[:8192]:
         raise ReadError("binary content (NUL bytes), not text")
     try:
-        return data.decode("utf-8")
+        return DecodedText(data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
     if declared_encoding:
         try:
-            return data.decode(declared_encoding)
+            return DecodedText(
+                data.decode(declared_encoding), f"{declared_encoding}, as the file declares"
+            )
         except (LookupError, UnicodeDecodeError):
             pass  # a wrong or unknown declaration is common; detection decides instead
     from charset_normalizer import from_bytes
@@ -75,19 +88,23 @@ def decode_text(data: bytes, declared_encoding: str | None = None) -> str:
         if (m.percent_chaos, m.percent_coherence) == (best.percent_chaos, best.percent_coherence)
     ]
     western = next((m for m in tied if "cp1252" in m.could_be_from_charset), None)
-    return str(western or best)
+    if western is not None:
+        return DecodedText(str(western), "cp1252, detected (not valid UTF-8)")
+    return DecodedText(str(best), f"{best.encoding}, detected (not valid UTF-8)")
 
 
 def read_markdown(path: Path) -> Document:
-    text = decode_text(path.read_bytes())
+    decoded = decode_text(path.read_bytes())
     title = next(
-        (line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("# ")), ""
+        (line.lstrip("# ").strip() for line in decoded.text.splitlines() if line.startswith("# ")),
+        "",
     )
-    return Document(text, markdown=True, title=title)
+    return Document(decoded.text, markdown=True, title=title, decoded_as=decoded.decoded_as)
 
 
 def read_plain_text(path: Path) -> Document:
-    return Document(decode_text(path.read_bytes()), markdown=False)
+    decoded = decode_text(path.read_bytes())
+    return Document(decoded.text, markdown=False, decoded_as=decoded.decoded_as)
 
 
 _PDF_LOAD_ERRORS = {
@@ -235,7 +252,8 @@ def read_html(path: Path) -> Document:
     """The page's main content as Markdown: headings kept, list items as "- " lines,
     scripts, styles, navigation and other page chrome dropped."""
     data = path.read_bytes()
-    tree = LexborHTMLParser(decode_text(data, _declared_charset(data)))
+    decoded = decode_text(data, _declared_charset(data))
+    tree = LexborHTMLParser(decoded.text)
     title_node = tree.css_first("title")
     title = " ".join(title_node.text().split()) if title_node is not None else ""
     root = _html_main_content(tree)
@@ -249,7 +267,7 @@ def read_html(path: Path) -> Document:
         raise ReadError("no text in the HTML page")
     if not title:
         title = next((block[2:] for block in blocks if block.startswith("# ")), "")
-    return Document("\n\n".join(blocks), markdown=True, title=title)
+    return Document("\n\n".join(blocks), markdown=True, title=title, decoded_as=decoded.decoded_as)
 
 
 def _declared_charset(data: bytes) -> str | None:

@@ -38,6 +38,9 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Files ingested with something the user should know (text that was not UTF-8, and how
+    # it was decoded): path and note.
+    notices: list[tuple[str, str]] = field(default_factory=list)
     chunks_written: int = 0
     chunks_flagged: int = 0
     seconds: float = 0.0
@@ -104,6 +107,7 @@ class _Prepared:
     chunks: tuple[Chunk, ...] = ()
     # Each chunk's embedded text in tokens (heading path and text), for the embedder's sort.
     token_counts: tuple[int, ...] = ()
+    notice: str = ""
     is_update: bool = False
     file_hash: str = ""
     reason: str = ""
@@ -203,6 +207,8 @@ def ingest_folder(
             report.failed.append((str(item.file), item.reason))
             advance(f"failed {item.file}: {item.reason}")
             continue
+        if item.notice:
+            report.notices.append((str(item.file), item.notice))
         report.chunks_flagged += sum(c.flagged for c in item.chunks)
         in_flight[item.name] = item
         unwritten[item.name] = len(item.chunks)
@@ -293,7 +299,14 @@ def _prepare(
             )
         )
     return _Prepared(
-        name, file, "chunks", tuple(chunks), tuple(token_counts), state is not None, file_hash
+        name,
+        file,
+        "chunks",
+        chunks=tuple(chunks),
+        token_counts=tuple(token_counts),
+        notice=f"decoded as {document.decoded_as}" if document.decoded_as else "",
+        is_update=state is not None,
+        file_hash=file_hash,
     )
 
 

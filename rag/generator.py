@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,25 @@ class ModelUnavailable(RuntimeError):
     """The model cannot answer now; the message names it, where it was tried, and what to do."""
 
 
+class PromptTooLong(ModelUnavailable):
+    """The prompt does not fit the model's context. Another replica, a retry or a fallback
+    would refuse it the same way, so the pool passes it straight up (it is no ReplicaFailed):
+    the asker must send less."""
+
+    def __init__(
+        self, model: str, max_model_len: int | None, prompt_tokens: int | None, where: str
+    ) -> None:
+        self.model = model
+        self.max_model_len = max_model_len
+        self.prompt_tokens = prompt_tokens
+        size = "" if prompt_tokens is None else f" of {prompt_tokens} tokens"
+        limit = "its context" if max_model_len is None else f"max_model_len {max_model_len}"
+        super().__init__(
+            f"the prompt{size} does not fit model {model} at {where} ({limit}, the answer "
+            "included): shorten the question or earlier turns, or lower retrieval.top_k"
+        )
+
+
 class ReplicaFailed(RuntimeError):
     """One replica failed one request (connection refused or reset, timeout, server error).
     The pool tries another replica; the message names the replica."""
@@ -35,6 +55,16 @@ class ReplicaLoad:
     running: float = 0.0
     waiting: float = 0.0
     kv_cache_usage: float = 0.0
+
+
+@dataclass
+class TokenUsage:
+    """Tokens one generation used, filled in by the replica while it streams (hence mutable):
+    the prompt once (a continuation after failover resends it, and is not counted again),
+    the completion as tokens arrive."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,9 +85,11 @@ class Replica(Protocol):
         max_tokens: int,
         temperature: float,
         prefix: str = "",
+        usage: TokenUsage | None = None,
     ) -> AsyncGenerator[str, None]:
         """Stream the answer's text. With `prefix`, continue an answer that another replica
-        started (after a failover mid-stream) instead of starting over."""
+        started (after a failover mid-stream) instead of starting over. `usage`, if given,
+        receives the token counts."""
         ...
 
     async def answer(
@@ -141,16 +173,14 @@ class VLLMInProcess:
         )
         return prompt + prefix
 
-    def _fit(self, prompt: str, max_tokens: int) -> int:
+    def _fit(self, prompt: str, max_tokens: int) -> tuple[int, int]:
+        """The answer's token budget, and the prompt's own token count."""
         # Leave room for the answer: vLLM rejects a prompt + max_tokens over max_model_len.
         prompt_tokens = len(self._engine.get_tokenizer().encode(prompt))
         room = self.max_model_len - prompt_tokens
         if room < 16:
-            raise ModelUnavailable(
-                f"prompt of {prompt_tokens} tokens does not fit model {self.model} "
-                f"(max_model_len {self.max_model_len}); lower retrieval.top_k"
-            )
-        return min(max_tokens, room)
+            raise PromptTooLong(self.model, self.max_model_len, prompt_tokens, self.where)
+        return min(max_tokens, room), prompt_tokens
 
     async def stream(
         self,
@@ -158,20 +188,27 @@ class VLLMInProcess:
         max_tokens: int,
         temperature: float,
         prefix: str = "",
+        usage: TokenUsage | None = None,
     ) -> AsyncGenerator[str, None]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         self._ensure_started()
         prompt = self._prompt(messages, prefix)
+        budget, prompt_tokens = self._fit(prompt, max_tokens)
         params = SamplingParams(
             temperature=temperature,
-            max_tokens=self._fit(prompt, max_tokens),
+            max_tokens=budget,
             output_kind=RequestOutputKind.DELTA,
         )
+        if usage is not None and usage.prompt_tokens is None:
+            usage.prompt_tokens = prompt_tokens
         request_id = f"{self.model}-{next(_request_ids)}"
         try:
             async for output in self._engine.generate(prompt, params, request_id=request_id):
+                if usage is not None:
+                    # DELTA outputs carry only the new tokens' ids.
+                    usage.completion_tokens += len(output.outputs[0].token_ids)
                 delta = output.outputs[0].text
                 if delta:
                     yield delta
@@ -187,9 +224,10 @@ class VLLMInProcess:
 
         self._ensure_started()
         prompt = self._prompt(messages, "")
+        budget, _ = self._fit(prompt, max_tokens)
         params = SamplingParams(
             temperature=temperature,
-            max_tokens=self._fit(prompt, max_tokens),
+            max_tokens=budget,
             output_kind=RequestOutputKind.FINAL_ONLY,
             logprobs=0,  # the sampled token's own log-probability only
         )
@@ -207,9 +245,10 @@ class VLLMInProcess:
         from vllm.sampling_params import RequestOutputKind
 
         self._ensure_started()
+        budget, _ = self._fit(prompt, max_tokens)
         params = SamplingParams(
             temperature=0.0,
-            max_tokens=self._fit(prompt, max_tokens),
+            max_tokens=budget,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         text = ""
@@ -296,12 +335,29 @@ class OpenAIReplica:
     def _failed(self, exc: BaseException) -> ReplicaFailed:
         return ReplicaFailed(f"{self.where}: {type(exc).__name__}: {exc}")
 
+    def _refused(self, exc: BaseException) -> ModelUnavailable:
+        """A 400: the request itself is wrong, so no replica will take it. vLLM's answer to a
+        prompt over its max_model_len ("This model's maximum context length is N tokens.
+        However, your prompt contains M input tokens ...") is a PromptTooLong."""
+        message = str(exc)
+        if "maximum context length" not in message:
+            return ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}")
+        limit = re.search(r"maximum context length is (\d+)", message)
+        tokens = re.search(r"(?:contains|has) (?:at least )?(\d+) input tokens", message)
+        return PromptTooLong(
+            self.model,
+            int(limit.group(1)) if limit else None,
+            int(tokens.group(1)) if tokens else None,
+            self.where,
+        )
+
     async def stream(
         self,
         messages: Sequence[ChatMessage],
         max_tokens: int,
         temperature: float,
         prefix: str = "",
+        usage: TokenUsage | None = None,
     ) -> AsyncGenerator[str, None]:
         import openai
 
@@ -312,24 +368,29 @@ class OpenAIReplica:
             payload.append({"role": "assistant", "content": prefix})
             extra = {"continue_final_message": True, "add_generation_prompt": False}
         try:
-            response = await self._client.chat.completions.create(
+            response = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.served_name,
-                messages=payload,  # type: ignore[arg-type]
+                messages=payload,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
+                # vLLM then ends the stream with a chunk holding the token counts.
+                stream_options={"include_usage": True},
                 extra_body=extra or None,
             )
             try:
                 async for event in response:  # type: ignore[union-attr]  # stream=True
+                    if event.usage is not None and usage is not None:
+                        if usage.prompt_tokens is None:
+                            usage.prompt_tokens = event.usage.prompt_tokens
+                        usage.completion_tokens += event.usage.completion_tokens
                     if event.choices and event.choices[0].delta.content:
                         yield event.choices[0].delta.content
             finally:
                 # Closing the HTTP stream makes vLLM abort the request at once.
                 await response.close()  # type: ignore[union-attr]
         except openai.BadRequestError as exc:
-            # The request itself is wrong (too long for the model): no replica will take it.
-            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+            raise self._refused(exc) from exc
         # openai's client runs on httpx2: a reset connection mid-stream surfaces raw.
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._failed(exc) from exc
@@ -348,7 +409,7 @@ class OpenAIReplica:
                 logprobs=True,
             )
         except openai.BadRequestError as exc:
-            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+            raise self._refused(exc) from exc
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._failed(exc) from exc
         choice = response.choices[0]
@@ -364,7 +425,7 @@ class OpenAIReplica:
                 model=self.served_name, prompt=prompt, max_tokens=max_tokens, temperature=0.0
             )
         except openai.BadRequestError as exc:
-            raise ModelUnavailable(f"model {self.model} at {self.where} refused: {exc}") from exc
+            raise self._refused(exc) from exc
         # openai's client runs on httpx2: a reset connection mid-stream surfaces raw.
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise self._failed(exc) from exc

@@ -20,7 +20,7 @@ from guardrails.policy import apply_policy
 from guardrails.verdict import GuardContext, Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, context_digest, normalise_question
 from rag.embedder import SentenceEmbedder
-from rag.generator import ModelUnavailable
+from rag.generator import ModelUnavailable, PromptTooLong, TokenUsage
 from rag.multi import ChainStep, MergeStrategy, fan_out, merge, run_chain
 from rag.pool import ModelPool, PoolSaturated, Served
 from rag.reranker import CrossEncoderReranker
@@ -238,6 +238,7 @@ class _Run:
         self.used_hits: list[Hit] = []
         self.prompt: tuple[ChatMessage, ...] = ()
         self.first_token_ms: float | None = None
+        self.usage = TokenUsage()
 
     def _report(self, name: str, status: Any, ms: float, detail: str = "") -> StageEvent:
         # Reported as each stage ends, so it started `ms` ago.
@@ -389,6 +390,7 @@ class _Run:
                 self.settings.generation.temperature,
                 priority=self.options.priority,
                 served=served,
+                usage=self.usage,
             )
         try:
             # aclosing: leaving the loop early (an unsafe window) closes the stream at once,
@@ -419,6 +421,11 @@ class _Run:
         except (ModelUnavailable, PoolSaturated) as exc:
             _cancel(window_checks)
             yield self._report("generate", "failed", _ms(generate_started), str(exc))
+            if isinstance(exc, PromptTooLong) and not shown:
+                # The asker's to fix, not the model's: audited and counted like any failed
+                # request, then refused like a question that is too long (a 400 in the API).
+                self._finish(str(exc), "failed")
+                raise QuestionError(str(exc)) from exc
             if shown:
                 yield Retraction(str(exc))
             busy = isinstance(exc, PoolSaturated)
@@ -616,6 +623,10 @@ class _Run:
             stages=tuple(self.reports),
             prompt=self.prompt,
             first_token_ms=self.first_token_ms,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=(
+                None if self.usage.prompt_tokens is None else self.usage.completion_tokens
+            ),
         )
         self.s.telemetry.record(answer, self.conversation.user)
         self.s.audit.write(

@@ -19,7 +19,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from rag.generator import Generation, ModelUnavailable, Replica, ReplicaFailed, ReplicaLoad
+from rag.generator import (
+    Generation,
+    ModelUnavailable,
+    Replica,
+    ReplicaFailed,
+    ReplicaLoad,
+    TokenUsage,
+)
 from rag.schema import ChatMessage
 from rag.settings import PoolSettings
 
@@ -341,10 +348,12 @@ class ModelPool:
         temperature: float,
         priority: int = 0,
         served: list[Served] | None = None,
+        usage: TokenUsage | None = None,
     ) -> AsyncGenerator[str, None]:
         """Stream an answer from the least busy replica of `model`, failing over to its other
         replicas and then to its fallbacks. A replica that dies mid-answer is replaced by
-        another that continues the same answer. `served` (if given) receives who answered."""
+        another that continues the same answer. `served` (if given) receives who answered,
+        `usage` the token counts. A PromptTooLong is not retried anywhere: it passes up."""
         failures: list[str] = []
         shown = ""
         deltas = 0
@@ -361,7 +370,7 @@ class ModelPool:
                             # asks only for what the answer has left.
                             budget = max(1, max_tokens - deltas)
                             replica_stream = state.replica.stream(
-                                messages, budget, temperature, prefix=shown
+                                messages, budget, temperature, prefix=shown, usage=usage
                             )
                             # Closing this stream early (the asker left, an unsafe window)
                             # closes the replica's at once, which aborts its generation.

@@ -106,6 +106,10 @@ class Answer:
     # Exactly what the model was sent (pseudonymised), for inspection and tests.
     prompt: tuple[ChatMessage, ...] = field(default=(), repr=False)
     first_token_ms: float | None = None
+    # Tokens as the model counted them; None when no generator reported any (blocked before
+    # generation, a cache hit, a fan-out or chain, a server that sends no usage).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     @property
     def timings_ms(self) -> dict[str, float]:

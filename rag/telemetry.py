@@ -1,5 +1,5 @@
 """What each answered request tells operators: Prometheus metrics (per-stage latency, guard
-outcomes, routes, cache results, streamed output) and OpenTelemetry spans per stage.
+outcomes, routes, cache results, tokens per model) and OpenTelemetry spans per stage.
 
 Both are read off the finished Answer, so the pipeline itself knows nothing about either.
 """
@@ -63,6 +63,20 @@ class PrometheusTelemetry:
             ["model"],
             registry=self.registry,
         )
+        # Tokens as the model counted them (what capacity and cost are measured in); a
+        # request whose generator reported no counts (a cache hit, a fan-out) adds none.
+        self.prompt_tokens = Counter(
+            "guardrag_prompt_tokens_total",
+            "Prompt tokens sent to each model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "guardrag_completion_tokens_total",
+            "Tokens each model generated",
+            ["model"],
+            registry=self.registry,
+        )
         self.first_token = Histogram(
             "guardrag_first_token_seconds",
             "Time from question to the first answer text",
@@ -82,8 +96,15 @@ class PrometheusTelemetry:
         if answer.route is not None:
             self.routes.labels(answer.route.task, answer.route.model).inc()
             self.output_chars.labels(answer.route.model).inc(len(answer.text))
+            self._count_tokens(answer, answer.route.model)
         if answer.first_token_ms is not None:
             self.first_token.observe(answer.first_token_ms / 1000)
+
+    def _count_tokens(self, answer: Answer, model: str) -> None:
+        if answer.prompt_tokens is not None:
+            self.prompt_tokens.labels(model).inc(answer.prompt_tokens)
+        if answer.completion_tokens is not None:
+            self.completion_tokens.labels(model).inc(answer.completion_tokens)
 
 
 class OpenTelemetrySpans:

@@ -83,6 +83,10 @@ def test_broken_files_are_reported_with_path_and_reason_while_the_rest_ingests(
     assert "binary" in reasons[str(folder / "binary.txt")]
     assert sorted(report.added) == ["mixed/good.md", "mixed/latin1 name é.txt"]
     assert any("Café crème" in c.text for c in parts.store.scroll_chunks())
+    # Text that is not UTF-8 ingests, and the report says how it was decoded.
+    assert report.notices == [
+        (str(folder / "latin1 name é.txt"), "decoded as cp1252, detected (not valid UTF-8)")
+    ]
 
 
 def test_a_symlink_out_of_the_folder_is_refused_and_reported(

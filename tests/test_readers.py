@@ -255,6 +255,20 @@ def test_html_declared_charset_decodes_what_detection_gets_wrong(tmp_path: Path)
     page = '<html><head><meta charset="koi8-r"></head><body><p>Привет, мир</p></body></html>'
     document = read_html(write(tmp_path / "hello.html", page.encode("koi8-r")))
     assert document.text == "Привет, мир"
+    assert document.decoded_as == "koi8-r, as the file declares"
+
+
+def test_utf8_text_reports_no_decoding_and_broken_utf8_says_how_it_was_read(
+    tmp_path: Path,
+) -> None:
+    assert (
+        read_document(write(tmp_path / "ok.md", "# Café\n\nOpen at noon.".encode())).decoded_as
+        == ""
+    )
+    # A UTF-8 file cut mid-character (the last byte of "é" lost) is no longer UTF-8.
+    broken = "Le café ouvre à midi. Les crêpes sont servies.".encode()[:-2] + b"\xc3"
+    document = read_document(write(tmp_path / "broken.txt", broken))
+    assert document.decoded_as.endswith("detected (not valid UTF-8)")
 
 
 def test_html_with_only_a_script_is_refused(tmp_path: Path) -> None:

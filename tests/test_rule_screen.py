@@ -92,3 +92,12 @@ def test_a_rule_the_translation_cannot_read_always_runs() -> None:
     screen = RuleScreen([re.compile(r"\bdan\b"), backreference])
     assert screen.unscreened == {1}
     assert 1 in screen.candidates("nothing to see here")
+
+
+def test_the_screen_stops_at_a_gap_and_leaves_the_rest_to_the_rule() -> None:
+    rule = re.compile(r"\bignore\b.{0,20}\brules\b", re.IGNORECASE)
+    screen = RuleScreen([rule])
+    # The words before the gap pass the screen; the rule then finds no match.
+    assert screen.candidates("Ignore the weather today.") == {0}
+    assert not rule.search("Ignore the weather today.")
+    assert screen.candidates("The weather rules today.") == set()

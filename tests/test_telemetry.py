@@ -3,6 +3,8 @@ span per stage, nested under the request's span."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import generate_latest
 
 from guardrails.verdict import clean, flagged
@@ -63,3 +65,26 @@ def test_each_stage_becomes_a_child_span_of_the_request() -> None:
     generate = by_name["guardrag.generate"]
     assert generate.end_time is not None and generate.start_time is not None
     assert (generate.end_time - generate.start_time) == 900_000_000
+
+
+def test_an_answer_without_token_counts_adds_no_tokens() -> None:
+    metrics = PrometheusTelemetry()
+    metrics.record(ANSWER, "ann")
+    text = generate_latest(metrics.registry).decode()
+    assert "guardrag_prompt_tokens_total{" not in text
+    assert "guardrag_completion_tokens_total{" not in text
+    assert "# TYPE guardrag_prompt_tokens_total counter" in text
+
+
+def test_prometheus_counts_prompt_and_completion_tokens_per_model() -> None:
+    metrics = PrometheusTelemetry()
+    counted = dataclasses.replace(ANSWER, prompt_tokens=412, completion_tokens=37)
+    metrics.record(counted, "ann")
+    metrics.record(counted, "bob")
+    other = dataclasses.replace(counted, route=Route("code", "coder", 0.9, "similarity"))
+    metrics.record(other, "ann")
+    text = generate_latest(metrics.registry).decode()
+    assert 'guardrag_prompt_tokens_total{model="smollm2"} 824.0' in text
+    assert 'guardrag_completion_tokens_total{model="smollm2"} 74.0' in text
+    assert 'guardrag_prompt_tokens_total{model="coder"} 412.0' in text
+    assert 'guardrag_completion_tokens_total{model="coder"} 37.0' in text

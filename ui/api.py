@@ -28,6 +28,7 @@ from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag.generator import PromptTooLong
 from rag.multi import ChainStep, MergeStrategy
 from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
 from rag.schema import Answer, ChatMessage, Final, Retraction, StreamEvent, TextDelta
@@ -75,6 +76,11 @@ class _GuardragOptions(BaseModel):
     chain: list[_ChainStep] = Field(default_factory=list)
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     """The OpenAI request fields guardrag uses; sampling fields are accepted and ignored
     (the profile decides them, so every answer passes the same checks)."""
@@ -83,14 +89,46 @@ class ChatCompletionRequest(BaseModel):
     model: str = AUTO_MODEL
     messages: list[_Message]
     stream: bool = False
+    stream_options: _StreamOptions | None = None
     guardrag: _GuardragOptions = Field(default_factory=_GuardragOptions)
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    code: str | int | None = None,
+) -> Response:
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status}},
+        {"error": {"message": message, "type": kind, "code": status if code is None else code}},
         status_code=status,
         headers=headers,
+    )
+
+
+def _prompt_too_long(exc: BaseException) -> PromptTooLong | None:
+    """The generator's PromptTooLong behind `exc`: the exception itself, or the cause of the
+    QuestionError the pipeline turns it into."""
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, PromptTooLong):
+            return candidate
+    return None
+
+
+def prompt_too_long_message(error: PromptTooLong, settings: Settings) -> str:
+    """What a caller can act on: which model, how much it holds (as configured), and how long
+    the prompt was when the generator counted it."""
+    model = error.model
+    endpoint = settings.generation.models.get(model)
+    limit = endpoint.max_model_len if endpoint is not None else error.max_model_len
+    tokens = error.prompt_tokens
+    size = f"is {tokens} tokens" if tokens is not None else "is longer than that"
+    return (
+        f"the prompt is too long for model {model}: its context holds {limit} tokens "
+        f"(generation.models.{model}.max_model_len, the answer included), and the prompt "
+        f"(question, earlier turns and retrieved passages) {size}. Send a shorter question "
+        "or fewer earlier turns, or ask with a smaller guardrag.top_k"
     )
 
 
@@ -107,6 +145,19 @@ def answer_extra(answer: Answer) -> dict[str, Any]:
         "citations": [asdict(c) for c in answer.citations],
         "stages": [asdict(s) for s in answer.stages],
         "first_token_ms": answer.first_token_ms,
+    }
+
+
+def usage(answer: Answer) -> dict[str, int] | None:
+    """OpenAI's `usage` from the token counts the generator reported, when it did (a cached
+    answer or a fan-out has none)."""
+    prompt, completion = answer.prompt_tokens, answer.completion_tokens
+    if prompt is None or completion is None:
+        return None
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
@@ -149,12 +200,28 @@ class Admission:
         address = request.client.host if request.client else "unknown"
         return not self.limiter.hit(self.rate, f"refused:{address}")
 
+    def has_room(self) -> bool:
+        return self.in_flight < self.max_concurrent
+
     def within_rate(self, user: str) -> bool:
+        """Spends one of the key's requests; False (nothing spent) when none is left."""
         return self.limiter.hit(self.rate, user)
+
+    def rate_left(self, user: str) -> bool:
+        """Whether the key could spend a request now, without spending it."""
+        return self.limiter.test(self.rate, user)
 
     def retry_after_s(self, user: str) -> int:
         reset_at, _ = self.limiter.get_window_stats(self.rate, user)
         return max(1, int(reset_at - time.time()) + 1)
+
+    def rate_headers(self, user: str) -> dict[str, str]:
+        """OpenAI's names for what is left of the key's allowance."""
+        _, remaining = self.limiter.get_window_stats(self.rate, user)
+        return {
+            "x-ratelimit-limit-requests": str(self.rate.amount),
+            "x-ratelimit-remaining-requests": str(remaining),
+        }
 
 
 def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemetry) -> FastAPI:
@@ -191,6 +258,14 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
             return _error(429, "too many refused keys from this address", "rate_limit_exceeded")
         return _error(401, "a valid bearer key is required", "invalid_api_key")
 
+    def throttled(user: str) -> Response:
+        return _error(
+            429,
+            f"rate limit {settings.api.rate_limit} for this key reached",
+            "rate_limit_exceeded",
+            {"Retry-After": str(admission.retry_after_s(user)), **admission.rate_headers(user)},
+        )
+
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         if admission.user_for(request) is None:
@@ -212,20 +287,21 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         user = admission.user_for(request)
         if user is None:
             return refuse(request)
-        if not admission.within_rate(user):
-            return _error(
-                429,
-                f"rate limit {settings.api.rate_limit} for this key reached",
-                "rate_limit_exceeded",
-                {"Retry-After": str(admission.retry_after_s(user))},
-            )
-        if admission.in_flight >= admission.max_concurrent:
+        # Room is checked before the key's allowance is spent: a request refused because
+        # the server is full costs the caller nothing. (No await from here to the in-flight
+        # count going up, so no other request can take the room in between.)
+        if not admission.has_room():
+            if not admission.rate_left(user):
+                return throttled(user)
             return _error(
                 503,
                 f"{admission.in_flight} requests in progress (limit {admission.max_concurrent})",
                 "overloaded",
                 {"Retry-After": "1"},
             )
+        if not admission.within_rate(user):
+            return throttled(user)
+        rate_headers = admission.rate_headers(user)
         admission.in_flight += 1
         released = False
 
@@ -274,9 +350,19 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                 first.append(event)
                 if isinstance(event, TextDelta | Final):
                     break
-        except QuestionError as exc:
+        except Exception as exc:
             release()
-            return _error(400, str(exc), "invalid_request_error")
+            too_long = _prompt_too_long(exc)
+            if too_long is not None:
+                return _error(
+                    400,
+                    prompt_too_long_message(too_long, settings),
+                    "invalid_request_error",
+                    code="context_length_exceeded",  # OpenAI's code for the same refusal
+                )
+            if isinstance(exc, QuestionError):
+                return _error(400, str(exc), "invalid_request_error")
+            raise
         except BaseException:
             release()
             raise
@@ -294,7 +380,9 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                 release()
             if answer.status in ("failed", "busy"):
                 return _error(503, answer.text, "model_unavailable", {"Retry-After": "2"})
-            return JSONResponse(_completion(completion_id, model_name, answer))
+            return JSONResponse(
+                _completion(completion_id, model_name, answer), headers=rate_headers
+            )
 
         async def sse() -> AsyncIterator[str]:
             try:
@@ -340,9 +428,11 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
                         finish_reason=_finish_reason(answer),
                         extra=answer_extra(answer),
                     )
+                    if body.stream_options is not None and body.stream_options.include_usage:
+                        yield _usage_chunk(completion_id, model_name, usage(answer))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=rate_headers)
 
     return app
 
@@ -415,8 +505,22 @@ def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any
                 "finish_reason": _finish_reason(answer),
             }
         ],
+        "usage": usage(answer),
         "guardrag": answer_extra(answer),
     }
+
+
+def _usage_chunk(completion_id: str, model: str, counts: dict[str, int] | None) -> str:
+    """The extra last chunk OpenAI sends for `stream_options.include_usage`: no choices."""
+    chunk = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": counts,
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
 
 
 def _chunk(

@@ -163,6 +163,8 @@ def ingest(
         table.add_column(key.replace("_", " "))
     table.add_row(*(str(v) for v in report.summary().values()))
     console.print(table)
+    for file, note in report.notices:
+        err.print(f"[cyan]note[/] {file}: {note}")
     for file, reason in report.failed:
         err.print(f"[yellow]failed[/] {file}: {reason}")
     if report_json:
