@@ -24,6 +24,7 @@ from rich.table import Table
 
 from evals.bench import BenchRow
 from evals.retrieval import QAQuestion, RetrievalScores, evaluate, load_questions, scores_from
+from guardrails.injection import InjectionRules, views_of
 from ingest.chunking import chunk_document
 from ingest.readers import Document, ReadLimits, read_document
 from ingest.run import IngestParts, build_ingest_parts, ingest_folder
@@ -198,6 +199,31 @@ def time_stages(
         "embedding (bare encode, all chunks)": 100 * run.encode_seconds / len(run.chunks),
         "writing (upsert, then optimize)": 100 * write_s / len(mine),
     }
+
+
+@dataclass(frozen=True)
+class RuleScanTimes:
+    chunks: int
+    screened_ms: float
+    every_rule_ms: float
+
+
+def time_rule_scan(texts: list[str]) -> RuleScanTimes:
+    """The injection rules on every chunk, screened by RE2 (a fresh screen: its automaton
+    starts cold, as in a new ingest process) and by every rule in turn, ms a chunk; the two
+    verdicts must agree on every chunk."""
+    views = [views_of(text) for text in texts]
+    screened, every_rule = InjectionRules(), InjectionRules()
+    started = time.perf_counter()
+    fast = [screened.score(v) for v in views]
+    screened_s = time.perf_counter() - started
+    started = time.perf_counter()
+    slow = [every_rule.score_without_screen(v) for v in views]
+    every_rule_s = time.perf_counter() - started
+    if fast != slow:
+        raise RuntimeError("the RE2 screen changed an injection verdict: guardrails/rule_screen.py")
+    per_chunk = 1000 / len(texts)
+    return RuleScanTimes(len(texts), screened_s * per_chunk, every_rule_s * per_chunk)
 
 
 def _chunks(document: Document, parts: IngestParts) -> list[str]:
@@ -459,7 +485,9 @@ def bench_client(load: SearchLoad, path: Path, size: int) -> ClientFigures:
 # ---------------------------------------------------------------- the table
 
 
-def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[BenchRow]:
+def ingest_rows(
+    run: GuardragIngest, stages: dict[str, float], scan: RuleScanTimes
+) -> list[BenchRow]:
     n = len(run.chunks)
     speed, raw = n / run.seconds, n / run.encode_seconds
     share = run.reingest_seconds / run.seconds
@@ -491,6 +519,14 @@ def ingest_rows(run: GuardragIngest, stages: dict[str, float]) -> list[BenchRow]
                 f"{seconds / per_100:.0%}",
             )
         )
+    rows.append(
+        BenchRow(
+            f"  injection rules, RE2 screen vs every rule, ms a chunk ({scan.chunks} chunks)",
+            f"{scan.screened_ms:.3f}",
+            f"{scan.every_rule_ms:.3f}",
+            f"{scan.screened_ms / scan.every_rule_ms:.2f}",
+        )
+    )
     return rows
 
 
@@ -740,6 +776,7 @@ def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]
         parts.store.close()
         console.log("guardrag: each stage alone")
         stages = time_stages(corpus / "copy-000", parts, run, scratch)
+        scan = time_rule_scan([c.text for c in run.chunks])
         stock_rows, stock_scores = compare_with_llamaindex(args, settings, run, questions, scratch)
         console.log(
             f"store: {args.points:,} points in Edge, {args.baseline_points:,} in qdrant-client"
@@ -763,7 +800,7 @@ def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]
         f"{os.cpu_count()} cores"
     )
     groups = [
-        ingest_rows(run, stages),
+        ingest_rows(run, stages, scan),
         stock_rows,
         store_rows(edge, client, args.points, args.baseline_points),
         retrieval_rows(scores, stock_scores),

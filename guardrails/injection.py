@@ -16,7 +16,7 @@ import codecs
 import re
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from guardrails.injection_classifier import InjectionClassifier
@@ -619,12 +619,23 @@ class InjectionRules:
         self._screen = RuleScreen([rule.pattern for rule in rules])
 
     def score(self, views: Sequence[str]) -> tuple[float, tuple[str, ...]]:
+        return self._combined(
+            (rule, view)
+            for view in views
+            for rule in (self.rules[i] for i in self._screen.candidates(view))
+        )
+
+    def score_without_screen(self, views: Sequence[str]) -> tuple[float, tuple[str, ...]]:
+        """Every rule on every view: what `score` must always equal (tests and make
+        bench-ingest hold the screen to it)."""
+        return self._combined((rule, view) for view in views for rule in self.rules)
+
+    @staticmethod
+    def _combined(checks: Iterable[tuple[Rule, str]]) -> tuple[float, tuple[str, ...]]:
         hits: dict[str, float] = {}
-        for view in views:
-            for index in self._screen.candidates(view):
-                rule = self.rules[index]
-                if rule.matches(view):
-                    hits[rule.category] = max(hits.get(rule.category, 0.0), rule.weight)
+        for rule, view in checks:
+            if rule.matches(view):
+                hits[rule.category] = max(hits.get(rule.category, 0.0), rule.weight)
         if not hits:
             return 0.0, ()
         # Independent pieces of evidence raise the score: 1 - Π(1 - w).
