@@ -24,7 +24,7 @@ from ingest.run import IngestError, IngestProgress
 from rag.compose import build_pipeline, start_engines
 from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
 from rag.schema import Answer, ChatMessage, Final, Retraction, StageEvent, TextDelta
-from rag.settings import Settings
+from rag.settings import ChatSettings, Settings
 from ui.auth import Identity, identify, login_required, password_check, trusted_header_user
 from ui.documents import DocumentLibrary, UploadError, UploadResult
 from ui.history import HistoryStore, Rating, StoredTurn
@@ -125,40 +125,6 @@ def _panels(view: AnswerView | None) -> tuple[Any, Any, Any, Any]:
     )
 
 
-def _conversation_choices(history: HistoryStore, who: Identity, selected: str | None) -> Any:
-    rows = history.conversations(who.name)
-    return gr.update(choices=[(r.title, r.id) for r in rows], value=selected)
-
-
-def _documents_table(library: DocumentLibrary, who: Identity) -> list[list[Any]]:
-    return [[d.path, d.scope, d.chunks] for d in library.documents(who)]
-
-
-def _deletable(library: DocumentLibrary, who: Identity) -> Any:
-    rows = library.documents(who)
-    choices = [
-        (f"{d.path} ({d.scope})", f"{d.scope}:{d.path}")
-        for d in rows
-        if d.scope == "mine" or who.admin
-    ]
-    return gr.update(choices=choices, value=None)
-
-
-def _quarantine_rows(library: DocumentLibrary, who: Identity) -> list[list[Any]]:
-    if not who.admin:
-        return []
-    return [
-        [
-            c.path,
-            c.section,
-            round(c.injection_score, 2),
-            ", ".join(c.injection_categories),
-            c.text[:160],
-        ]
-        for c in library.quarantined(who)
-    ]
-
-
 def _upload_summary(result: UploadResult) -> str:
     where = "the shared collection" if result.owner == "shared" else "your documents"
     lines = [f"**Into {where}** in {result.seconds:.1f} s:"]
@@ -178,29 +144,44 @@ def _upload_summary(result: UploadResult) -> str:
     return "\n".join(lines)
 
 
-def build_chat(
-    pipeline: Pipeline,
-    settings: Settings,
-    *,
-    logout_url: str | None = None,
-    history: HistoryStore | None = None,
-    library: DocumentLibrary | None = None,
-) -> gr.Blocks:
-    history = history or HistoryStore(settings.history_path)
-    library = library or DocumentLibrary(settings)
-    chat_settings = settings.chat
-    model_names = [AUTO_MODEL, *settings.generation.models]
+def _ask_options(model_choice: str, top_k: float) -> AskOptions:
+    return AskOptions(model=None if model_choice == AUTO_MODEL else model_choice, top_k=int(top_k))
 
-    def who_is(request: gr.Request) -> Identity:
-        return identify(chat_settings, request.username if request else None)
+
+def _assistant_message(content: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def _final_answer_markdown(answer: Answer) -> str:
+    text = safe_markdown(answer.text)
+    return text if answer.status == "answered" else f"**{answer.status}:** {text}"
+
+
+def _message_index(evt: gr.SelectData | gr.LikeData) -> int:
+    return evt.index if isinstance(evt.index, int) else evt.index[0]
+
+
+@dataclass(frozen=True)
+class ChatHandlers:
+    """What the chat's events call, one method per event. Every method works as the user the
+    request names, on that user's conversations and documents only."""
+
+    pipeline: Pipeline
+    chat_settings: ChatSettings
+    history: HistoryStore
+    library: DocumentLibrary
+
+    def _identity(self, request: gr.Request) -> Identity:
+        return identify(self.chat_settings, request.username if request else None)
 
     # ---- the conversation -----------------------------------------------------------------
 
-    def take_question(message: str) -> tuple[str, str]:
+    def take_question(self, message: str) -> tuple[str, str]:
         # The box empties at once; the question travels on in a state.
         return "", message
 
-    async def respond(
+    async def stream_answer(
+        self,
         message: str,
         messages: list[dict[str, Any]],
         session: ChatSession | None,
@@ -208,61 +189,55 @@ def build_chat(
         top_k: float,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        who = who_is(request)
+        who = self._identity(request)
         session = _session_for(who, session)
+        skip = gr.skip()
         if not message.strip():
-            yield messages, session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield messages, session, skip, skip, skip, skip, skip
             return
         messages = [
             *messages,
             {"role": "user", "content": safe_markdown(message)},
-            {"role": "assistant", "content": ""},
+            _assistant_message(""),
         ]
-        options = AskOptions(
-            model=None if model_choice == AUTO_MODEL else model_choice, top_k=int(top_k)
-        )
-        skip = gr.skip()
+        options = _ask_options(model_choice, top_k)
         shown = ""
         progress: list[str] = []
         try:
-            async for event in pipeline.stream(message, session.conversation, options):
+            async for event in self.pipeline.stream(message, session.conversation, options):
                 if isinstance(event, TextDelta):
                     shown += event.text
-                    messages[-1] = {"role": "assistant", "content": safe_markdown(shown)}
+                    messages[-1] = _assistant_message(safe_markdown(shown))
                     yield messages, session, skip, skip, skip, skip, skip
                 elif isinstance(event, Retraction):
                     shown = ""
-                    messages[-1] = {"role": "assistant", "content": RETRACTED}
+                    messages[-1] = _assistant_message(RETRACTED)
                     yield messages, session, skip, skip, skip, skip, skip
                 elif isinstance(event, StageEvent):
                     progress.append(f"{event.report.name}: {event.report.status}")
                     yield messages, session, skip, skip, skip, " · ".join(progress), skip
                 elif isinstance(event, Final):
                     view = await asyncio.to_thread(
-                        _finish_turn, who, session, message, event.answer, len(messages) - 1
+                        self._save_turn, who, session, message, event.answer, len(messages) - 1
                     )
-                    messages[-1] = {"role": "assistant", "content": _shown_text(event.answer)}
+                    messages[-1] = _assistant_message(_final_answer_markdown(event.answer))
                     chips, sources, passage, details = _panels(view)
-                    conversations = _conversation_choices(history, who, session.conversation_id)
+                    conversations = self._conversation_choices(who, session.conversation_id)
                     yield messages, session, chips, sources, passage, details, conversations
         except QuestionError as exc:
-            messages[-1] = {"role": "assistant", "content": f"_{safe_markdown(str(exc))}_"}
+            messages[-1] = _assistant_message(f"_{safe_markdown(str(exc))}_")
             yield messages, session, skip, skip, skip, skip, skip
 
-    def _shown_text(answer: Answer) -> str:
-        text = safe_markdown(answer.text)
-        return text if answer.status == "answered" else f"**{answer.status}:** {text}"
-
-    def _finish_turn(
-        who: Identity, session: ChatSession, question: str, answer: Answer, index: int
+    def _save_turn(
+        self, who: Identity, session: ChatSession, question: str, answer: Answer, index: int
     ) -> AnswerView:
         view = answer_view(answer, answer.text)
         session.views[index] = view
         session.shown = view
         asked = stored_question(question, answer)
         if session.conversation_id is None:
-            session.conversation_id = history.create(who.name, asked)
-        history.append(
+            session.conversation_id = self.history.create(who.name, asked)
+        self.history.append(
             who.name,
             session.conversation_id,
             [
@@ -279,15 +254,14 @@ def build_chat(
         )
         return view
 
-    def show_answer(session: ChatSession | None, evt: gr.SelectData) -> tuple[Any, ...]:
-        index = evt.index if isinstance(evt.index, int) else evt.index[0]
-        view = session.views.get(index) if session else None
+    def show_answer(self, session: ChatSession | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        view = session.views.get(_message_index(evt)) if session else None
         if session is None or view is None:
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip())
         session.shown = view
         return (session, *_panels(view))
 
-    def show_passage(number: int | None, session: ChatSession | None) -> str:
+    def show_passage(self, number: int | None, session: ChatSession | None) -> str:
         view = session.shown if session else None
         if view is None or number is None:
             return ""
@@ -296,52 +270,57 @@ def build_chat(
 
     # ---- feedback -------------------------------------------------------------------------
 
-    def rate(session: ChatSession | None, evt: gr.LikeData, request: gr.Request) -> Any:
-        who = who_is(request)
-        index = evt.index if isinstance(evt.index, int) else evt.index[0]
-        view = session.views.get(index) if session else None
+    def record_rating(
+        self, session: ChatSession | None, evt: gr.LikeData, request: gr.Request
+    ) -> Any:
+        who = self._identity(request)
+        view = session.views.get(_message_index(evt)) if session else None
         if session is None or view is None:
             return session, "Feedback is for answers."
         liked = evt.liked if isinstance(evt.liked, bool) else evt.liked == "Like"
         rating: Rating = "up" if liked else "down"
-        if not history.record_feedback(who.name, view.request_id, rating):
+        if not self.history.record_feedback(who.name, view.request_id, rating):
             return session, "This answer is not in your history."
         session.rated = (view.request_id, rating)
         thumb = "👍" if rating == "up" else "👎"
         return session, f"{thumb} recorded for this answer. Add a comment below if you like."
 
-    def comment(text: str, session: ChatSession | None, request: gr.Request) -> tuple[str, str]:
-        who = who_is(request)
+    def record_comment(
+        self, text: str, session: ChatSession | None, request: gr.Request
+    ) -> tuple[str, str]:
+        who = self._identity(request)
         if session is None or session.rated is None:
             return text, "Rate an answer (👍 or 👎 under it) first, then comment."
         if not text.strip():
             return text, "The comment is empty."
-        pii = pipeline.stages.pii
+        pii = self.pipeline.stages.pii
         if not pii.available:
             return text, "Comments are not stored while the PII check cannot run."
         # A comment may name people or addresses: only its pseudonymised form is stored.
         pseudonymised, _ = pii.pseudonymise(text.strip()[:2000], PseudonymVault())
         request_id, rating = session.rated
-        history.record_feedback(who.name, request_id, rating, pseudonymised)
+        self.history.record_feedback(who.name, request_id, rating, pseudonymised)
         return "", "Comment stored (personal data replaced by placeholders). Thank you."
 
     # ---- history --------------------------------------------------------------------------
 
-    def new_conversation(request: gr.Request) -> tuple[Any, ...]:
-        who = who_is(request)
+    def new_conversation(self, request: gr.Request) -> tuple[Any, ...]:
+        who = self._identity(request)
         return (
             [],
             ChatSession(Conversation(user=who.name)),
             *_panels(None),
-            _conversation_choices(history, who, None),
+            self._conversation_choices(who, None),
             "",
         )
 
-    def resume(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
-        who = who_is(request)
-        if not conversation_id or not history.owns(who.name, conversation_id):
+    def resume_conversation(
+        self, conversation_id: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        who = self._identity(request)
+        if not conversation_id or not self.history.owns(who.name, conversation_id):
             return (gr.skip(),) * 8
-        turns = history.turns(who.name, conversation_id)
+        turns = self.history.turns(who.name, conversation_id)
         session = ChatSession(
             resumed_conversation(who.name, turns), conversation_id=conversation_id
         )
@@ -351,76 +330,130 @@ def build_chat(
             if turn.details is not None:
                 session.views[index] = turn.details
         title = next(
-            (c.title for c in history.conversations(who.name) if c.id == conversation_id), ""
+            (c.title for c in self.history.conversations(who.name) if c.id == conversation_id),
+            "",
         )
         return (messages, session, *_panels(None), gr.skip(), title)
 
-    def rename(title: str, session: ChatSession | None, request: gr.Request) -> Any:
-        who = who_is(request)
+    def rename_conversation(
+        self, title: str, session: ChatSession | None, request: gr.Request
+    ) -> Any:
+        who = self._identity(request)
         if session is None or session.conversation_id is None:
             return gr.skip()
-        history.rename(who.name, session.conversation_id, title)
-        return _conversation_choices(history, who, session.conversation_id)
+        self.history.rename(who.name, session.conversation_id, title)
+        return self._conversation_choices(who, session.conversation_id)
 
-    def delete_conversation(session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
-        who = who_is(request)
+    def delete_conversation(
+        self, session: ChatSession | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        who = self._identity(request)
         if session is not None and session.conversation_id is not None:
-            history.delete(who.name, session.conversation_id)
-        return new_conversation(request)
+            self.history.delete(who.name, session.conversation_id)
+        return self.new_conversation(request)
+
+    def _conversation_choices(self, who: Identity, selected: str | None) -> Any:
+        rows = self.history.conversations(who.name)
+        return gr.update(choices=[(r.title, r.id) for r in rows], value=selected)
 
     # ---- documents ------------------------------------------------------------------------
 
-    def upload(
+    def upload_documents(
+        self,
         files: list[str] | None,
         to_shared: bool,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
     ) -> tuple[Any, ...]:
-        who = who_is(request)
+        who = self._identity(request)
         pairs = [(Path(f).name, Path(f)) for f in files or []]
 
         def report(p: IngestProgress) -> None:
             progress((p.files_done, p.files_total), desc=p.message)
 
         try:
-            result = library.upload(who, pairs, shared=to_shared, progress=report)
+            result = self.library.upload(who, pairs, shared=to_shared, progress=report)
             status = _upload_summary(result)
         except (UploadError, IngestError) as exc:
             status = f"**Upload refused:** {html.escape(str(exc))}"
-        return status, None, _documents_table(library, who), _deletable(library, who)
+        return status, None, self._documents_table(who), self._deletable_documents(who)
 
-    def delete_document(choice: str | None, request: gr.Request) -> tuple[Any, ...]:
-        who = who_is(request)
+    def delete_document(self, choice: str | None, request: gr.Request) -> tuple[Any, ...]:
+        who = self._identity(request)
         status = "Choose a document to delete."
         if choice:
             scope, path = choice.split(":", 1)
             try:
-                deleted = library.delete(who, path, shared=scope == "shared")
+                deleted = self.library.delete(who, path, shared=scope == "shared")
                 status = f"Deleted {html.escape(path)}." if deleted else "No such document."
             except UploadError as exc:
                 status = html.escape(str(exc))
-        return status, _documents_table(library, who), _deletable(library, who)
+        return status, self._documents_table(who), self._deletable_documents(who)
 
-    def on_load(request: gr.Request) -> tuple[Any, ...]:
-        who = who_is(request)
+    def _documents_table(self, who: Identity) -> list[list[Any]]:
+        return [[d.path, d.scope, d.chunks] for d in self.library.documents(who)]
+
+    def _deletable_documents(self, who: Identity) -> Any:
+        rows = self.library.documents(who)
+        choices = [
+            (f"{d.path} ({d.scope})", f"{d.scope}:{d.path}")
+            for d in rows
+            if d.scope == "mine" or who.admin
+        ]
+        return gr.update(choices=choices, value=None)
+
+    def _quarantine_rows(self, who: Identity) -> list[list[Any]]:
+        if not who.admin:
+            return []
+        return [
+            [
+                c.path,
+                c.section,
+                round(c.injection_score, 2),
+                ", ".join(c.injection_categories),
+                c.text[:160],
+            ]
+            for c in self.library.quarantined(who)
+        ]
+
+    # ---- the page -------------------------------------------------------------------------
+
+    def fill_page_for_user(self, request: gr.Request) -> tuple[Any, ...]:
+        who = self._identity(request)
+        login = login_required(self.chat_settings)
         signed_in = (
-            f"Signed in as **{html.escape(who.name)}**"
-            + (" (admin)" if who.admin and login_required(chat_settings) else "")
-            if login_required(chat_settings)
+            f"Signed in as **{html.escape(who.name)}**" + (" (admin)" if who.admin else "")
+            if login
             else "Single-user mode (no login configured)."
         )
         return (
             signed_in,
-            _conversation_choices(history, who, None),
-            _documents_table(library, who),
-            _deletable(library, who),
+            self._conversation_choices(who, None),
+            self._documents_table(who),
+            self._deletable_documents(who),
             gr.update(visible=who.admin),
             gr.update(visible=who.admin),
-            _quarantine_rows(library, who),
+            self._quarantine_rows(who),
         )
 
-    # ---- layout ---------------------------------------------------------------------------
 
+def build_chat(
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    logout_url: str | None = None,
+    history: HistoryStore | None = None,
+    library: DocumentLibrary | None = None,
+) -> gr.Blocks:
+    handlers = ChatHandlers(
+        pipeline,
+        settings.chat,
+        history or HistoryStore(settings.history_path),
+        library or DocumentLibrary(settings),
+    )
+    model_names = [AUTO_MODEL, *settings.generation.models]
+
+    # ---- layout ---------------------------------------------------------------------------
     with gr.Blocks(title="guardrag") as chat:
         session = gr.State(None)
         pending = gr.State("")
@@ -521,36 +554,42 @@ def build_chat(
                     interactive=False,
                 )
 
+        # ---- events ---------------------------------------------------------------------
         panel_outputs = [chips, sources, passage, details]
         answer_outputs = [chatbot, session, *panel_outputs, conversations]
         for trigger in (question.submit, send.click):
-            trigger(take_question, question, [question, pending], queue=False).then(
-                respond,
+            trigger(handlers.take_question, question, [question, pending], queue=False).then(
+                handlers.stream_answer,
                 [pending, chatbot, session, model, top_k],
                 answer_outputs,
                 concurrency_limit=8,
+                # Gradio keys concurrency on the function object, and every `handlers.x` is a
+                # new bound method: named, both triggers share the one limit of 8.
+                concurrency_id="stream_answer",
             )
-        chatbot.select(show_answer, session, [session, *panel_outputs])
-        sources.change(show_passage, [sources, session], passage)
-        chatbot.like(rate, session, [session, feedback_status])
-        feedback_send.click(comment, [feedback_text, session], [feedback_text, feedback_status])
+        chatbot.select(handlers.show_answer, session, [session, *panel_outputs])
+        sources.change(handlers.show_passage, [sources, session], passage)
+        chatbot.like(handlers.record_rating, session, [session, feedback_status])
+        feedback_send.click(
+            handlers.record_comment, [feedback_text, session], [feedback_text, feedback_status]
+        )
         show_details.change(lambda shown: gr.update(visible=shown), show_details, side)
 
         conversation_outputs = [chatbot, session, *panel_outputs, conversations, title]
-        new.click(new_conversation, None, conversation_outputs)
-        conversations.input(resume, conversations, conversation_outputs)
-        rename_button.click(rename, [title, session], conversations)
-        delete_button.click(delete_conversation, session, conversation_outputs)
+        new.click(handlers.new_conversation, None, conversation_outputs)
+        conversations.input(handlers.resume_conversation, conversations, conversation_outputs)
+        rename_button.click(handlers.rename_conversation, [title, session], conversations)
+        delete_button.click(handlers.delete_conversation, session, conversation_outputs)
 
         upload_button.click(
-            upload,
+            handlers.upload_documents,
             [files, to_shared],
             [upload_status, files, documents, to_delete],
             concurrency_limit=1,
         )
-        delete_doc.click(delete_document, to_delete, [upload_status, documents, to_delete])
+        delete_doc.click(handlers.delete_document, to_delete, [upload_status, documents, to_delete])
         chat.load(
-            on_load,
+            handlers.fill_page_for_user,
             None,
             [signed_in, conversations, documents, to_delete, to_shared, quarantine_tab, quarantine],
         )
