@@ -43,17 +43,25 @@ def _char(code: int) -> str:
 # Python's classes read Unicode; RE2's \w, \s and \d are ASCII. These cover at least Python's.
 _CATEGORY = {
     sre.CATEGORY_DIGIT: r"\p{Nd}",
-    sre.CATEGORY_NOT_DIGIT: r"\P{Nd}",
+    sre.CATEGORY_NOT_DIGIT: r"\x{0}-\x{10ffff}",
     sre.CATEGORY_WORD: r"\p{L}\p{N}_",
     # Not a letter covers "neither letter, digit nor underscore".
-    sre.CATEGORY_NOT_WORD: r"\P{L}",
-    sre.CATEGORY_SPACE: r"\s\p{Z}\x{85}\x{1c}-\x{1f}",
+    # Everything but "_": RE2's letters (a newer Unicode than Python's, and case-closed under
+    # (?i)) are not all letters to Python.
+    sre.CATEGORY_NOT_WORD: r"\x{0}-\x{5e}\x{60}-\x{10ffff}",
+    sre.CATEGORY_SPACE: r"\s\x{b}\p{Z}\x{85}\x{1c}-\x{1f}",
     # RE2's \S (not ASCII space) holds everything Python's \S (not Unicode space) holds.
     sre.CATEGORY_NOT_SPACE: r"\S",
 }
 
 
-def _class(items: list[tuple[Any, Any]]) -> str:
+# Python's IGNORECASE equates i and I with dotless ı and dotted İ (re._casefix and İ's simple
+# lowercase); RE2's case folding does not.
+_TURKISH_I = {ord("i"), ord("I"), 0x130, 0x131}
+_TURKISH_I_CLASS = r"iI\x{130}\x{131}"
+
+
+def _class(items: list[tuple[Any, Any]], flags: int = 0) -> str:
     negated = bool(items) and items[0][0] is sre.NEGATE
     if negated:
         items = items[1:]
@@ -71,6 +79,16 @@ def _class(items: list[tuple[Any, Any]]) -> str:
             parts.append(_CATEGORY[av])
         else:
             raise _Unsupported(f"class item {op}")
+    if (
+        flags & re.IGNORECASE
+        and not negated
+        and any(
+            (op is sre.LITERAL and av in _TURKISH_I)
+            or (op is sre.RANGE and any(av[0] <= c <= av[1] for c in _TURKISH_I))
+            for op, av in items
+        )
+    ):
+        parts.append(_TURKISH_I_CLASS)
     return f"[{'^' if negated else ''}{''.join(parts)}]"
 
 
@@ -92,13 +110,14 @@ def _translate(items: Any, flags: int) -> tuple[str, bool]:
     for op, av in items:
         cut = False
         if op is sre.LITERAL:
-            out.append(_char(av))
+            turkish = flags & re.IGNORECASE and av in _TURKISH_I
+            out.append(f"[{_TURKISH_I_CLASS}]" if turkish else _char(av))
         elif op is sre.NOT_LITERAL:
             out.append(f"[^{_char(av)}]")
         elif op is sre.ANY:
             out.append(r"(?s:.)" if flags & re.DOTALL else r"[^\n]")
         elif op is sre.IN:
-            out.append(_class(av))
+            out.append(_class(av, flags))
         elif op is sre.BRANCH:
             branches = [_translate(b, flags) for b in av[1]]
             out.append("(?:" + "|".join(text for text, _ in branches) + ")")
@@ -164,5 +183,9 @@ class RuleScreen:
         self.unscreened = frozenset(unscreened)
 
     def candidates(self, text: str) -> frozenset[int]:
-        hits = self._set.Match(text) or ()
+        try:
+            hits = self._set.Match(text) or ()
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON "\\ud800") is not UTF-8: RE2 cannot read it; every rule can.
+            return frozenset(range(len(self._screened) + len(self.unscreened)))
         return self.unscreened.union(self._screened[i] for i in hits)

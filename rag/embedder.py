@@ -66,7 +66,9 @@ class SentenceEmbedder:
             raise ValueError(f"{len(token_counts)} token counts for {len(texts)} texts")
         lengths = token_counts
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        with autocast_batches(self.device, self.document_dtype):
+        # One text (the router embeds each question this way) is quicker in float32.
+        dtype = self.document_dtype if len(texts) > 1 else None
+        with autocast_batches(self.device, dtype):
             for number, at in enumerate(range(0, len(order), self.batch_size), start=1):
                 batch = order[at : at + self.batch_size]
                 vectors[batch] = self._encode([texts[i] for i in batch])

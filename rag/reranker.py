@@ -18,7 +18,7 @@ class CrossEncoderReranker:
         path: Path,
         min_score: float | None = None,
         device: Device = "auto",
-        precision: Precision = "auto",
+        precision: Precision = "float32",
     ) -> None:
         from sentence_transformers import CrossEncoder
 

@@ -23,7 +23,7 @@ from ui.auth import (
     trusted_header_user,
     verify_password,
 )
-from ui.chat import resumed_conversation, stored_question
+from ui.chat import resumed_conversation, stored_question, upload_summary
 from ui.documents import DocumentLibrary, UploadError, safe_file_name
 from ui.history import HistoryStore, StoredTurn
 from ui.render import AnswerView, highlight_passage, safe_markdown
@@ -194,6 +194,17 @@ def test_reupload_writes_nothing_and_delete_removes_only_the_owners_copy(
     assert not library.delete(BOB, "alice/notes.md"), "bob cannot name alice's document"
     assert [d.path for d in library.documents(ALICE)] == ["alice/notes.md"]
     assert library.documents(BOB) == []
+
+
+def test_an_upload_that_is_not_utf8_says_how_it_was_read(
+    library: DocumentLibrary, tmp_path: Path
+) -> None:
+    source = tmp_path / "menu.txt"
+    source.write_bytes("Caf\xe9 cr\xe8me is served at noon.".encode("latin-1"))
+    result = library.upload(ALICE, [("menu.txt", source)])
+    assert result.added == ("alice/menu.txt",)
+    assert result.notices == (("menu.txt", "decoded as cp1252, detected (not valid UTF-8)"),)
+    assert "note: menu.txt: decoded as cp1252" in upload_summary(result)
 
 
 def test_uploads_refuse_other_formats_oversize_and_non_admin_shared(

@@ -55,3 +55,11 @@ def test_a_cuda_device_without_a_gpu_is_refused_with_what_to_set() -> None:
     with pytest.raises(ValueError, match=r"device is cuda.*auto or cpu"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
+
+
+def test_a_single_text_is_embedded_in_float32(minilm: Path) -> None:
+    # The router embeds each question alone: bfloat16's casts would only slow it down.
+    question = ["How many remote days are allowed?"]
+    fast = SentenceEmbedder("minilm", minilm, precision="bfloat16")
+    exact = SentenceEmbedder("minilm", minilm, precision="float32")
+    assert np.array_equal(fast.embed_documents(question), exact.embed_documents(question))

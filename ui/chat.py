@@ -125,7 +125,7 @@ def _panels(view: AnswerView | None) -> tuple[Any, Any, Any, Any]:
     )
 
 
-def _upload_summary(result: UploadResult) -> str:
+def upload_summary(result: UploadResult) -> str:
     where = "the shared collection" if result.owner == "shared" else "your documents"
     lines = [f"**Into {where}** in {result.seconds:.1f} s:"]
     for label, names in (
@@ -135,6 +135,8 @@ def _upload_summary(result: UploadResult) -> str:
     ):
         if names:
             lines.append(f"- {label}: {html.escape(', '.join(names))}")
+    for name, note in result.notices:
+        lines.append(f"- note: {html.escape(name)}: {html.escape(note)}")
     for name, reason in result.failed:
         lines.append(f"- failed: {html.escape(name)}: {html.escape(reason)}")
     if result.chunks_flagged:
@@ -373,7 +375,7 @@ class ChatHandlers:
 
         try:
             result = self.library.upload(who, pairs, shared=to_shared, progress=report)
-            status = _upload_summary(result)
+            status = upload_summary(result)
         except (UploadError, IngestError) as exc:
             status = f"**Upload refused:** {html.escape(str(exc))}"
         return status, None, self._documents_table(who), self._deletable_documents(who)

@@ -47,6 +47,8 @@ class UploadResult:
     updated: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()
+    # Files ingested with a note ("decoded as cp1252, detected (not valid UTF-8)").
+    notices: tuple[tuple[str, str], ...] = ()
     chunks_flagged: int = 0
     seconds: float = 0.0
 
@@ -144,6 +146,7 @@ class DocumentLibrary:
             updated=tuple(report.updated),
             unchanged=tuple(report.unchanged),
             failed=tuple((Path(p).name, reason) for p, reason in report.failed),
+            notices=tuple((Path(p).name, note) for p, note in report.notices),
             chunks_flagged=report.chunks_flagged,
             seconds=report.seconds,
         )
