@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from guardrails.pii_labelled import LabelledIdentifierRecognizer
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
@@ -153,6 +154,9 @@ class PresidioPII:
                     ],
                 )
             )
+        labelled = LabelledIdentifierRecognizer(self.entities)
+        if labelled.supported_entities:
+            analyzer.registry.add_recognizer(labelled)
         for entity_type, pattern in custom_patterns.items():
             analyzer.registry.add_recognizer(
                 PatternRecognizer(

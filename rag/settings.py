@@ -193,6 +193,13 @@ class PIISettings(_Section):
         "IP_ADDRESS",
         "LOCATION",
         "URL",
+        # Found by the label in front of them (guardrails/pii_labelled.py).
+        "US_BANK_NUMBER",
+        "US_DRIVER_LICENSE",
+        "US_PASSPORT",
+        "IN_PAN",
+        "IN_AADHAAR",
+        "IN_VOTER",
     )
     score_threshold: float = 0.5
     # PII in retrieved chunks before the model sees them: `keep`, `pseudonymise` (placeholders
