@@ -103,7 +103,7 @@ def build_injection(settings: Settings) -> InjectionDetector:
     if cfg.classifier_model:
         path = resolve_model(cfg.classifier_model, settings.models_dir)
         if path is None:
-            notes = f"classifier {cfg.classifier_model} not on disk (layer off)"
+            notes = f"classifier {_shown_model_name(cfg.classifier_model)} not on disk (layer off)"
         else:
             classifier = _classifier(cfg.classifier_model, path)
     thresholds = LayerThresholds(
@@ -243,9 +243,9 @@ def build_output_guard(settings: Settings) -> LlamaGuard:
         path = resolve_model(cfg.model, settings.models_dir)
         if path is None:
             return LlamaGuard(
-                cfg.model,
+                _shown_model_name(cfg.model),
                 None,
-                missing_reason=missing_message(cfg.model, settings.models_dir, "output guard"),
+                missing_reason=_missing_for_users(cfg.model, settings.models_dir, "output guard"),
                 excluded_categories=excluded,
             )
         endpoint = ModelEndpoint(model=str(path), backend="vllm", max_model_len=2048)
@@ -259,7 +259,24 @@ def build_output_guard(settings: Settings) -> LlamaGuard:
         text, _ = await pool.complete("llama_guard", prompt, 20)
         return text
 
-    return LlamaGuard(cfg.model, complete, excluded_categories=excluded)
+    return LlamaGuard(_shown_model_name(cfg.model), complete, excluded_categories=excluded)
+
+
+def _shown_model_name(model_id: str) -> str:
+    """A model as callers may see it (verdict reasons, stage notes): its hub id, or only the
+    folder's name when settings give a local path."""
+    return Path(model_id).name if model_id.startswith(("/", ".", "~")) else model_id
+
+
+def _missing_for_users(model_id: str, models_dir: Path, role: str) -> str:
+    """A model that is not on disk, said without this server's folders: those go to the
+    operator's log (and `guardrag models list`), with what to do."""
+    # Info, not warning: a laptop without the optional models would print it at every start.
+    log.info(missing_message(model_id, models_dir, role))
+    return (
+        f"{role} model {_shown_model_name(model_id)} is not on this server "
+        "(`guardrag models list` there says where it belongs)"
+    )
 
 
 def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str]:
@@ -268,7 +285,7 @@ def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str
         return None, "disabled in settings (reranker.enabled: false)"
     path = resolve_model(cfg.model, settings.models_dir)
     if path is None:
-        return None, f"skipped: {missing_message(cfg.model, settings.models_dir, 'reranker')}"
+        return None, f"skipped: {_missing_for_users(cfg.model, settings.models_dir, 'reranker')}"
     return CrossEncoderReranker(cfg.model, path, cfg.min_score, cfg.device, cfg.precision), ""
 
 

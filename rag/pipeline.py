@@ -312,7 +312,11 @@ class _Run:
             yield self._report("chunk_pii", "ran", _ms(pii_started), f"policy {chunk_policy}")
 
         route_started = time.perf_counter()
-        self.route = self.s.router.route(model_question, self.options.task_hints)
+        # Embedding the question and scoring hints is CPU work: off the event loop, which
+        # serves every other request (and /healthz) meanwhile.
+        self.route = await asyncio.to_thread(
+            self.s.router.route, model_question, self.options.task_hints
+        )
         if self.options.model is not None:
             self.route = Route(
                 self.route.task, self.options.model, 1.0, "model chosen by the asker"

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -248,6 +248,27 @@ class GuardsSettings(_Section):
     output: OutputGuardSettings = OutputGuardSettings()
 
 
+# Names that mean something besides a user: the shared collection, the single-user mode's user
+# and the shared upload folder. Ownership is keyed so that no name can collide with them
+# (ui/auth.py), and no one logs in under them either, so no screen or log can confuse the two.
+RESERVED_USER_NAMES = frozenset({"shared", "local", "uploads"})
+MAX_USER_NAME_CHARS = 64
+
+
+def user_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a user's name (None: it can). For configured users and for names
+    a trusted proxy sends alike."""
+    if not name or name != name.strip():
+        return "a user name is empty or has spaces around it"
+    if len(name) > MAX_USER_NAME_CHARS:
+        return f"a user name has over {MAX_USER_NAME_CHARS} characters"
+    if not name.isprintable():
+        return "a user name holds control characters"
+    if name.casefold() in RESERVED_USER_NAMES:
+        return f"{name!r} is reserved ({', '.join(sorted(RESERVED_USER_NAMES))})"
+    return None
+
+
 class ChatUser(_Section):
     # From `guardrag hash-password` (scrypt); the password itself is never stored.
     password_hash: str
@@ -268,6 +289,20 @@ class ChatSettings(_Section):
     header_admins: tuple[str, ...] = ()
     max_upload_bytes: int = 20_000_000
     max_upload_files: int = 20
+    # What one user may keep uploaded in all (their own collection; admins' shared uploads
+    # count too). Ingesting is the cost: a 500 KB file took 13.7 s of both cores under the one
+    # ingest lock, so these bound how long one user can hold everyone's uploads back.
+    max_user_bytes: int = 100_000_000
+    max_user_files: int = 200
+
+    @field_validator("users")
+    @classmethod
+    def _usable_user_names(cls, users: dict[str, ChatUser]) -> dict[str, ChatUser]:
+        for name in users:
+            problem = user_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"chat.users: {problem}")
+        return users
 
 
 class CacheSettings(_Section):
@@ -296,6 +331,17 @@ class ApiSettings(_Section):
     max_concurrent: int = 16
     # Queue priority of API requests when every replica is busy; the chat's is 0 (first).
     priority: int = 1
+    # A request body past this is refused (413) while it is read, before it is parsed. What
+    # the API reads of a request is at most 28,000 characters (a 4,000-character question,
+    # the two turns before it and four chain instructions of 4,000 each): 336 KB as JSON
+    # even if every character is an escaped surrogate pair (12 bytes). 1 MiB leaves room for
+    # the older turns clients resend; a 4 MB body of task hints held the server 10.6 s.
+    # Not under 64 KiB: a 4,000-character question alone can be 48 KB of JSON.
+    max_body_bytes: int = Field(default=1_048_576, ge=65_536)
+    # With keys set, /docs, /redoc and /openapi.json, and /metrics, ask for a key too;
+    # these open them to anyone who reaches the port (e.g. a scraper that sends no key).
+    public_docs: bool = False
+    public_metrics: bool = False
 
 
 class TelemetrySettings(_Section):
@@ -397,4 +443,15 @@ def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
     from_profile = type(
         "Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}}
     )
-    return from_profile(profile=path.stem, **overrides)
+    try:
+        return from_profile(profile=path.stem, **overrides)
+    except ValidationError as exc:
+        # One line per wrong value, naming the setting, without echoing values (a users
+        # table holds password hashes).
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SettingsError(
+            f"profile {path} (with GUARDRAG_… overrides) is not valid: {problems}"
+        ) from None

@@ -4,9 +4,13 @@ client, over the real pipeline (embedded Qdrant, Presidio, MiniLM, SmolLM2 on vL
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,6 +62,10 @@ async def api_url(pipeline: Pipeline) -> AsyncIterator[str]:
 
 def client(url: str, key: str = KEY) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 async def test_the_openai_client_gets_an_answer_with_citations_verdicts_and_route(
@@ -123,7 +131,7 @@ async def test_models_health_and_metrics_are_served(api_url: str) -> None:
     )
     models = await client(api_url).models.list()
     assert {m.id for m in models.data} == {"guardrag", "smollm2"}
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=auth()) as http:
         health = (await http.get(f"{api_url}/healthz")).json()
         metrics = (await http.get(f"{api_url}/metrics")).text
     assert health["status"] == "ok" and "smollm2" in health["models"]
@@ -291,7 +299,7 @@ def token_counts(metrics_text: str) -> dict[str, float]:
 async def test_usage_reports_the_models_token_counts_and_metrics_add_them_per_model(
     api_url: str, pipeline: Pipeline
 ) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=auth()) as http:
         before = token_counts((await http.get(f"{api_url}/metrics")).text)
         completion = await client(api_url).chat.completions.create(
             model="guardrag",
@@ -320,3 +328,264 @@ async def test_usage_reports_the_models_token_counts_and_metrics_add_them_per_mo
         added["guardrag_completion_tokens_total"]
         == usage.completion_tokens + streamed.completion_tokens
     )
+
+
+# ---- one request must not hold the server (issue 13, item 7) ---------------------------------
+
+QUESTION = {"role": "user", "content": "What is the minimum password length?"}
+# A /healthz answer slower than this means the event loop was held: a free loop answers in
+# milliseconds, a loaded two-core CI machine within a few hundred; the red team's request
+# held it 10.6 s.
+LOOP_HELD_S = 2.5
+
+
+def many_hints_body(hints: int = 200_000) -> bytes:
+    """The red team's request: a plain question with 200,000 task hints (4.4 MB)."""
+    hinted = {"task_hints": [f"task-hint-{i:08d}" for i in range(hints)]}
+    return json.dumps({"model": "guardrag", "messages": [QUESTION], "guardrag": hinted}).encode()
+
+
+def healthz_latencies_until(done: threading.Event, url: str) -> list[float]:
+    """Seconds each /healthz took, asked one after another from a thread of its own (this
+    event loop is the server's too, and its pauses must count) until `done` is set, and at
+    least three times."""
+    latencies: list[float] = []
+    with httpx.Client(timeout=300) as http:
+        while not done.is_set() or len(latencies) < 3:
+            started = time.perf_counter()
+            health = http.get(f"{url}/healthz")
+            latencies.append(time.perf_counter() - started)
+            assert health.status_code == 200
+            time.sleep(0.02)
+    return latencies
+
+
+async def test_a_request_with_200000_task_hints_is_refused_while_healthz_keeps_answering(
+    api_url: str,
+) -> None:
+    body = many_hints_body()
+    assert len(body) > 4_000_000
+    headers = {**auth(), "Content-Type": "application/json"}
+    done = threading.Event()
+    probes = asyncio.create_task(asyncio.to_thread(healthz_latencies_until, done, api_url))
+    async with httpx.AsyncClient(timeout=300) as http:
+        started = time.perf_counter()
+        try:
+            response = await http.post(
+                f"{api_url}/v1/chat/completions", headers=headers, content=body
+            )
+        finally:
+            done.set()
+        refused_in = time.perf_counter() - started
+    latencies = await probes
+    assert max(latencies) < LOOP_HELD_S, f"healthz waited {max(latencies):.1f} s: {latencies}"
+    assert response.status_code == 413, (response.status_code, response.text[:300])
+    assert "api.max_body_bytes" in response.json()["error"]["message"]
+    # The red team's request held the server 10.6 s before it was even answered.
+    assert refused_in < 10, f"refused after {refused_in:.1f} s"
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_as_it_is_read_not_after_parsing(
+    api_url: str,
+) -> None:
+    # No Content-Length (chunked), and not JSON at the end: a server that read it all and
+    # parsed it would answer 400 or 422, not 413.
+    body = many_hints_body()[:3_000_000] + b"\x00 never parsed"
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 65_536):
+            yield body[start : start + 65_536]
+
+    headers = {**auth(), "Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=300) as http:
+        response = await http.post(
+            f"{api_url}/v1/chat/completions", headers=headers, content=pieces()
+        )
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413, (response.status_code, response.text[:300])
+    assert "api.max_body_bytes" in response.json()["error"]["message"]
+
+
+INJECTION_TURN = {"role": "user", "content": INJECTION}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+MANY_PARTS = [{"type": "text", "text": INJECTION}, *[IMAGE] * 5000]
+LONG_NAME = "model-" + "x" * 10_000
+# Each far over its limit, in a body well under the byte limit; the question is an injection
+# so that a server without limits answers at once (refused by the guard, no generation).
+OVER_LIMITS: dict[str, tuple[dict[str, Any], str]] = {
+    "task_hints": ({"guardrag": {"task_hints": ["code"] * 1000}}, "guardrag.task_hints"),
+    "task_hint_chars": ({"guardrag": {"task_hints": ["c" * 5000]}}, "guardrag.task_hints.0"),
+    "messages": (
+        {"messages": [{"role": "system", "content": "Be brief."}] * 10_000 + [INJECTION_TURN]},
+        "messages",
+    ),
+    "content_parts": (
+        {"messages": [{"role": "user", "content": MANY_PARTS}]},
+        "messages.0.content",
+    ),
+    "message_chars": (
+        {"messages": [{"role": "system", "content": "Be brief. " * 20_000}, INJECTION_TURN]},
+        "messages.0.content",
+    ),
+    "model_name": ({"model": LONG_NAME}, "model"),
+    "fan_out": ({"guardrag": {"fan_out": [LONG_NAME]}}, "guardrag.fan_out.0"),
+    "chain_model": (
+        {"guardrag": {"chain": [{"model": LONG_NAME, "instruction": "Shorten it."}]}},
+        "guardrag.chain.0.model",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OVER_LIMITS, ids=list(OVER_LIMITS))
+async def test_a_list_or_string_over_its_limit_is_a_400_naming_the_field_not_echoing_it(
+    api_url: str, case: str
+) -> None:
+    changes, field = OVER_LIMITS[case]
+    request = {"model": "guardrag", "messages": [INJECTION_TURN], **changes}
+    body = json.dumps(request).encode()
+    assert len(body) < 1_000_000, "under the byte limit: the field's own limit refuses it"
+    async with httpx.AsyncClient(timeout=120, headers=auth()) as http:
+        response = await http.post(
+            f"{api_url}/v1/chat/completions",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"].startswith(field), error
+    assert "input" not in error and len(response.content) < 2000, response.text[:300]
+
+
+# ---- keys before anything else (issue 13, item 11) -------------------------------------------
+
+OPERATOR_PAGES = {
+    "/docs": "swagger-ui",
+    "/redoc": "redoc",
+    "/openapi.json": "/v1/chat/completions",
+    "/metrics": "guardrag_",
+    "/readyz": '"ready":true',
+}
+CANARY = "canary-7f3a-do-not-echo"
+
+
+@pytest.mark.parametrize("path", OPERATOR_PAGES)
+async def test_a_stranger_gets_401_where_the_key_holder_gets_the_page(
+    api_url: str, path: str
+) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        anonymous = await http.get(f"{api_url}{path}")
+        wrong_key = await http.get(f"{api_url}{path}", headers=auth("not-the-key"))
+        holder = await http.get(f"{api_url}{path}", headers=auth())
+    assert (anonymous.status_code, wrong_key.status_code) == (401, 401), anonymous.text[:200]
+    assert anonymous.json()["error"]["type"] == "invalid_api_key"
+    assert holder.status_code == 200, holder.text[:200]
+    assert OPERATOR_PAGES[path] in holder.text.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json " + CANARY.encode(), json.dumps({"messages": CANARY}).encode()],
+    ids=["not-json", "wrong-shape"],
+)
+async def test_a_stranger_with_a_malformed_request_gets_401_not_a_validation_error(
+    api_url: str, body: bytes
+) -> None:
+    endpoint = f"{api_url}/v1/chat/completions"
+    json_type = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        anonymous = await http.post(endpoint, content=body, headers=json_type)
+        wrong_key = await http.post(
+            endpoint, content=body, headers={**json_type, **auth("not-the-key")}
+        )
+    for refused in (anonymous, wrong_key):
+        assert refused.status_code == 401, (refused.status_code, refused.text[:300])
+        assert CANARY not in refused.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json " + CANARY.encode(),
+        json.dumps({"messages": [{"role": "robot", "content": CANARY}]}).encode(),
+        json.dumps({"messages": [QUESTION], "guardrag": {CANARY: 1}}).encode(),
+    ],
+    ids=["not-json", "unknown-role", "unknown-option"],
+)
+async def test_a_key_holders_malformed_request_is_a_400_that_echoes_nothing_back(
+    api_url: str, body: bytes
+) -> None:
+    async with httpx.AsyncClient(timeout=60, headers=auth()) as http:
+        response = await http.post(
+            f"{api_url}/v1/chat/completions",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert "input" not in error and CANARY not in response.text, response.text
+
+
+async def test_healthz_tells_a_stranger_only_that_the_server_lives(api_url: str) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        anonymous = await http.get(f"{api_url}/healthz")
+        holder = await http.get(f"{api_url}/healthz", headers=auth())
+    # Liveness probes (deploy/k8s/guardrag.yaml) hold no key: the status code is theirs.
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
+    assert holder.json()["status"] == "ok" and "smollm2" in holder.json()["models"]
+
+
+async def test_public_docs_and_metrics_settings_open_those_pages_and_nothing_else(
+    pipeline: Pipeline,
+) -> None:
+    settings = with_api(pipeline.settings, keys=(KEY,), public_docs=True, public_metrics=True)
+    async for url in serve(pipeline, settings):
+        async with httpx.AsyncClient(timeout=60) as http:
+            opened = {path: await http.get(f"{url}{path}") for path in OPERATOR_PAGES}
+            chat = await http.post(f"{url}/v1/chat/completions", json={"messages": [QUESTION]})
+    assert {path: r.status_code for path, r in opened.items()} == {
+        "/docs": 200,
+        "/redoc": 200,
+        "/openapi.json": 200,
+        "/metrics": 200,
+        "/readyz": 401,
+    }
+    assert chat.status_code == 401
+
+
+async def test_the_openapi_schema_still_describes_the_request_body(api_url: str) -> None:
+    async with httpx.AsyncClient(timeout=60, headers=auth()) as http:
+        schema = (await http.get(f"{api_url}/openapi.json")).json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    reference = body["content"]["application/json"]["schema"]["$ref"]
+    request = schema["components"]["schemas"][reference.rsplit("/", 1)[-1]]
+    assert {"model", "messages", "stream", "guardrag"} <= set(request["properties"])
+    # Every reference inside resolves.
+    for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schema)):
+        assert ref in schema["components"]["schemas"], ref
+
+
+# Two or more segments after a slash that no URL or word runs into: /root/.cache/..., not
+# http://host:8000/v1 or and/or.
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.@+-]+){2,}")
+
+
+async def test_verdict_reasons_and_stage_notes_name_models_not_server_paths(
+    api_url: str, pipeline: Pipeline
+) -> None:
+    completion = await client(api_url).chat.completions.create(
+        model="guardrag", messages=[{"role": "user", "content": "Who approves expenses?"}]
+    )
+    extra = completion.model_extra["guardrag"]  # type: ignore[index]
+    shown = [v["reason"] for v in extra["verdicts"]] + [s["detail"] for s in extra["stages"]]
+    settings = pipeline.settings
+    for folder in (settings.models_dir, settings.data_dir, Path.home()):
+        assert not [text for text in shown if str(folder) in text], (folder, shown)
+    assert not [text for text in shown if ABSOLUTE_PATH.search(text)], shown
+    # This machine has neither Llama Guard nor the reranker (as test_pipeline.py says): both
+    # are reported by their configured names.
+    llama_guard = next(v for v in extra["verdicts"] if v["guard"] == "llama_guard")
+    assert llama_guard["outcome"] == "unavailable"
+    assert settings.guards.output.model in llama_guard["reason"]
+    rerank = next(s for s in extra["stages"] if s["name"] == "rerank")
+    assert rerank["status"] == "skipped" and settings.reranker.model in rerank["detail"]

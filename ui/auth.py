@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rag.settings import ChatSettings
+from rag.settings import ChatSettings, user_name_problem
 
 LOCAL_USER = "local"
 # scrypt's cost: 2**14 rounds with r=8 take about 50 ms and 16 MiB here, OWASP's minimum
@@ -54,10 +54,21 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# Every principal's key starts with its kind and a colon ("chat:alice"; the API's are "api:…")
+# and the shared collection's ("shared") has none, so no user name can name another principal's
+# documents, cached answers or conversation scope.
+CHAT_OWNER_PREFIX = "chat:"
+
+
 @dataclass(frozen=True)
 class Identity:
     name: str
     admin: bool
+
+    @property
+    def owner(self) -> str:
+        """The key of what this user owns: uploaded documents and cached answers."""
+        return CHAT_OWNER_PREFIX + self.name
 
 
 def login_required(chat: ChatSettings) -> bool:
@@ -72,6 +83,8 @@ def identify(chat: ChatSettings, username: str | None) -> Identity:
         # Gradio only runs events for authenticated sessions once auth is on; this is a guard
         # against a misconfigured mount, not a path users take.
         raise PermissionError("not logged in")
+    if user_name_problem(username) is not None:
+        raise PermissionError("this user name cannot be used")
     user = chat.users.get(username)
     admin = user.admin if user is not None else username in chat.header_admins
     return Identity(username, admin)
@@ -107,6 +120,7 @@ def trusted_header_user(chat: ChatSettings) -> Callable[[Any], str | None] | Non
         if client is None or client.host not in proxies:
             return None
         name = request.headers.get(header, "").strip()
-        return name or None
+        # A reserved or malformed name logs nobody in (Gradio then shows its login error).
+        return name if name and user_name_problem(name) is None else None
 
     return user_from_header

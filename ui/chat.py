@@ -13,7 +13,6 @@ import html
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -22,12 +21,21 @@ from fastapi import FastAPI
 from guardrails.pii import PLACEHOLDER, PseudonymVault
 from ingest.run import IngestError, IngestProgress
 from rag.compose import build_pipeline, start_engines
-from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
+from rag.pipeline import MAX_QUESTION_CHARS, AskOptions, Conversation, Pipeline, QuestionError
 from rag.schema import Answer, ChatMessage, Final, Retraction, StageEvent, TextDelta
 from rag.settings import ChatSettings, Settings
+from rag.store import SHARED
 from ui.auth import Identity, identify, login_required, password_check, trusted_header_user
 from ui.documents import DocumentLibrary, UploadError, UploadResult
+from ui.gradio_safety import (
+    blocked_paths,
+    discard_upload,
+    enforce_path_checks,
+    uploaded_path,
+    withhold_event_inputs_from_logs,
+)
 from ui.history import HistoryStore, Rating, StoredTurn
+from ui.listen import check_binding, run_server
 from ui.render import (
     AnswerView,
     answer_view,
@@ -38,6 +46,7 @@ from ui.render import (
 )
 
 AUTO_MODEL = "auto (router)"
+MAX_TOP_K = 20
 RETRACTED = "_(answer retracted by the output guard)_"
 RESUMED_NOTE = (
     "Resumed conversations show personal data as placeholders (`<PERSON_1>`): only "
@@ -56,15 +65,24 @@ class ChatSession:
 
     conversation: Conversation
     conversation_id: str | None = None
+    # What the Chatbot shows, kept here and never read back from the client: the client's copy
+    # of a message list could name any file on the server as a "file" part (issue 13).
+    messages: list[dict[str, Any]] = field(default_factory=list)
     views: dict[int, AnswerView] = field(default_factory=dict)
     shown: AnswerView | None = None
     rated: tuple[str, Rating] | None = None
 
 
-def _session_for(who: Identity, session: ChatSession | None) -> ChatSession:
-    if session is None or session.conversation.user != who.name:
-        return ChatSession(Conversation(user=who.name))
+def _own_session(who: Identity, session: ChatSession | None) -> ChatSession | None:
+    """The session state when it is this user's, else None. Gradio finds state by a session
+    hash the client chooses, so a request can name somebody else's session."""
+    if session is None or session.conversation.user != who.owner:
+        return None
     return session
+
+
+def _session_for(who: Identity, session: ChatSession | None) -> ChatSession:
+    return _own_session(who, session) or ChatSession(Conversation(user=who.owner))
 
 
 def stored_question(question: str, answer: Answer) -> str:
@@ -126,7 +144,7 @@ def _panels(view: AnswerView | None) -> tuple[Any, Any, Any, Any]:
 
 
 def upload_summary(result: UploadResult) -> str:
-    where = "the shared collection" if result.owner == "shared" else "your documents"
+    where = "the shared collection" if result.owner == SHARED else "your documents"
     lines = [f"**Into {where}** in {result.seconds:.1f} s:"]
     for label, names in (
         ("added", result.added),
@@ -146,8 +164,15 @@ def upload_summary(result: UploadResult) -> str:
     return "\n".join(lines)
 
 
-def _ask_options(model_choice: str, top_k: float) -> AskOptions:
-    return AskOptions(model=None if model_choice == AUTO_MODEL else model_choice, top_k=int(top_k))
+def _ask_options(model_choice: Any, top_k: Any) -> AskOptions:
+    # Both arrive from the client: a model the profile does not name is refused by the
+    # pipeline, and top-k stays within the slider's range whatever number is sent.
+    model = model_choice if isinstance(model_choice, str) and model_choice != AUTO_MODEL else None
+    try:
+        k = min(max(int(top_k), 1), MAX_TOP_K)
+    except (TypeError, ValueError, OverflowError):
+        k = None
+    return AskOptions(model=model, top_k=k)
 
 
 def _assistant_message(content: str) -> dict[str, Any]:
@@ -185,7 +210,6 @@ class ChatHandlers:
     async def stream_answer(
         self,
         message: str,
-        messages: list[dict[str, Any]],
         session: ChatSession | None,
         model_choice: str,
         top_k: float,
@@ -194,14 +218,18 @@ class ChatHandlers:
         who = self._identity(request)
         session = _session_for(who, session)
         skip = gr.skip()
-        if not message.strip():
-            yield messages, session, skip, skip, skip, skip, skip
+        if not isinstance(message, str) or not message.strip():
+            yield list(session.messages), session, skip, skip, skip, skip, skip
             return
         messages = [
-            *messages,
-            {"role": "user", "content": safe_markdown(message)},
+            *session.messages,
+            # Cut to what the pipeline accepts (it refuses the rest with a message): a novel
+            # pasted in would otherwise be rendered on the event loop first.
+            {"role": "user", "content": safe_markdown(message[: MAX_QUESTION_CHARS + 1])},
             _assistant_message(""),
         ]
+        # Kept as it grows: a stream stopped halfway leaves the page and the state agreeing.
+        session.messages = messages
         options = _ask_options(model_choice, top_k)
         shown = ""
         progress: list[str] = []
@@ -256,15 +284,21 @@ class ChatHandlers:
         )
         return view
 
-    def show_answer(self, session: ChatSession | None, evt: gr.SelectData) -> tuple[Any, ...]:
-        view = session.views.get(_message_index(evt)) if session else None
-        if session is None or view is None:
-            return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        session.shown = view
-        return (session, *_panels(view))
+    def show_answer(
+        self, session: ChatSession | None, evt: gr.SelectData, request: gr.Request
+    ) -> tuple[Any, ...]:
+        mine = _own_session(self._identity(request), session)
+        view = mine.views.get(_message_index(evt)) if mine else None
+        if mine is None or view is None:
+            return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        mine.shown = view
+        return (mine, *_panels(view))
 
-    def show_passage(self, number: int | None, session: ChatSession | None) -> str:
-        view = session.shown if session else None
+    def show_passage(
+        self, number: int | None, session: ChatSession | None, request: gr.Request
+    ) -> str:
+        mine = _own_session(self._identity(request), session)
+        view = mine.shown if mine else None
         if view is None or number is None:
             return ""
         source = next((s for s in view.sources if s.number == number), None)
@@ -276,9 +310,10 @@ class ChatHandlers:
         self, session: ChatSession | None, evt: gr.LikeData, request: gr.Request
     ) -> Any:
         who = self._identity(request)
+        session = _own_session(who, session)
         view = session.views.get(_message_index(evt)) if session else None
         if session is None or view is None:
-            return session, "Feedback is for answers."
+            return gr.skip(), "Feedback is for answers."
         liked = evt.liked if isinstance(evt.liked, bool) else evt.liked == "Like"
         rating: Rating = "up" if liked else "down"
         if not self.history.record_feedback(who.name, view.request_id, rating):
@@ -291,6 +326,7 @@ class ChatHandlers:
         self, text: str, session: ChatSession | None, request: gr.Request
     ) -> tuple[str, str]:
         who = self._identity(request)
+        session = _own_session(who, session)
         if session is None or session.rated is None:
             return text, "Rate an answer (👍 or 👎 under it) first, then comment."
         if not text.strip():
@@ -310,7 +346,7 @@ class ChatHandlers:
         who = self._identity(request)
         return (
             [],
-            ChatSession(Conversation(user=who.name)),
+            ChatSession(Conversation(user=who.owner)),
             *_panels(None),
             self._conversation_choices(who, None),
             "",
@@ -324,9 +360,9 @@ class ChatHandlers:
             return (gr.skip(),) * 8
         turns = self.history.turns(who.name, conversation_id)
         session = ChatSession(
-            resumed_conversation(who.name, turns), conversation_id=conversation_id
+            resumed_conversation(who.owner, turns), conversation_id=conversation_id
         )
-        messages = []
+        messages = session.messages
         for index, turn in enumerate(turns):
             messages.append({"role": turn.role, "content": safe_markdown(turn.content)})
             if turn.details is not None:
@@ -335,12 +371,13 @@ class ChatHandlers:
             (c.title for c in self.history.conversations(who.name) if c.id == conversation_id),
             "",
         )
-        return (messages, session, *_panels(None), gr.skip(), title)
+        return (list(messages), session, *_panels(None), gr.skip(), title)
 
     def rename_conversation(
         self, title: str, session: ChatSession | None, request: gr.Request
     ) -> Any:
         who = self._identity(request)
+        session = _own_session(who, session)
         if session is None or session.conversation_id is None:
             return gr.skip()
         self.history.rename(who.name, session.conversation_id, title)
@@ -350,6 +387,7 @@ class ChatHandlers:
         self, session: ChatSession | None, request: gr.Request
     ) -> tuple[Any, ...]:
         who = self._identity(request)
+        session = _own_session(who, session)
         if session is not None and session.conversation_id is not None:
             self.history.delete(who.name, session.conversation_id)
         return self.new_conversation(request)
@@ -368,22 +406,30 @@ class ChatHandlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
     ) -> tuple[Any, ...]:
         who = self._identity(request)
-        pairs = [(Path(f).name, Path(f)) for f in files or []]
+        # Paths come from the client: only files Gradio itself received are read (and then
+        # removed from its cache, which would serve them by URL); never one named by hand.
+        received = [uploaded_path(f) if isinstance(f, str) else None for f in files or []]
+        pairs = [(path.name, path) for path in received if path is not None]
 
         def report(p: IngestProgress) -> None:
             progress((p.files_done, p.files_total), desc=p.message)
 
         try:
-            result = self.library.upload(who, pairs, shared=to_shared, progress=report)
+            if len(pairs) != len(received):
+                raise UploadError("a file was not received by this upload: choose it again")
+            result = self.library.upload(who, pairs, shared=to_shared is True, progress=report)
             status = upload_summary(result)
         except (UploadError, IngestError) as exc:
             status = f"**Upload refused:** {html.escape(str(exc))}"
+        finally:
+            for _name, path in pairs:
+                discard_upload(path)
         return status, None, self._documents_table(who), self._deletable_documents(who)
 
     def delete_document(self, choice: str | None, request: gr.Request) -> tuple[Any, ...]:
         who = self._identity(request)
         status = "Choose a document to delete."
-        if choice:
+        if isinstance(choice, str) and ":" in choice:
             scope, path = choice.split(":", 1)
             try:
                 deleted = self.library.delete(who, path, shared=scope == "shared")
@@ -456,7 +502,9 @@ def build_chat(
     model_names = [AUTO_MODEL, *settings.generation.models]
 
     # ---- layout ---------------------------------------------------------------------------
-    with gr.Blocks(title="guardrag") as chat:
+    # Files sent to Gradio but never ingested (chosen, then the tab closed) would stay in its
+    # cache, served by URL: every hour, those over an hour old go.
+    with gr.Blocks(title="guardrag", delete_cache=(3600, 3600)) as chat:
         session = gr.State(None)
         pending = gr.State("")
         with gr.Row():
@@ -503,7 +551,7 @@ def build_chat(
                         )
                         top_k = gr.Slider(
                             1,
-                            20,
+                            MAX_TOP_K,
                             value=settings.retrieval.top_k,
                             step=1,
                             label="Passages (top-k)",
@@ -562,7 +610,8 @@ def build_chat(
         for trigger in (question.submit, send.click):
             trigger(handlers.take_question, question, [question, pending], queue=False).then(
                 handlers.stream_answer,
-                [pending, chatbot, session, model, top_k],
+                # Never the chatbot: what it shows is the session's, not the client's.
+                [pending, session, model, top_k],
                 answer_outputs,
                 concurrency_limit=8,
                 # Gradio keys concurrency on the function object, and every `handlers.x` is a
@@ -604,7 +653,8 @@ def mount_chat(app: FastAPI, pipeline: Pipeline, settings: Settings, path: str =
     check = password_check(chat_settings)
     logout = f"{path.rstrip('/')}/logout" if check is not None else None
     chat = build_chat(pipeline, settings, logout_url=logout)
-    return gr.mount_gradio_app(
+    withhold_event_inputs_from_logs()
+    mounted = gr.mount_gradio_app(
         app,
         chat,
         path=path,
@@ -615,16 +665,22 @@ def mount_chat(app: FastAPI, pipeline: Pipeline, settings: Settings, path: str =
         # storage, outside the pseudonymised history.
         run_history=False,
         max_file_size=chat_settings.max_upload_bytes,
+        blocked_paths=blocked_paths(settings),
+        # Gradio's own errors quote the inputs and server paths (a refused file's location,
+        # the blocked directories): the page gets "Error", the log the traceback.
+        show_error=False,
         ssr_mode=False,
         css=_CSS,
     )
+    enforce_path_checks(chat)
+    return mounted
 
 
 def serve_chat(settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
+    # Refused before any model loads, with the same check as `guardrag serve`.
+    check_binding(settings, host, serves_api=False)
     pipeline = build_pipeline(settings)
     # Load the model before the page opens, so the first question does not wait for it.
     start_engines(pipeline)
     app = mount_chat(FastAPI(), pipeline, settings, path="/")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, settings, host, port, serves_api=False)

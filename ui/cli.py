@@ -318,11 +318,12 @@ def chat(
 ) -> None:
     """Serve the Gradio chat."""
     from ui.chat import serve_chat
+    from ui.listen import UnsafeBinding
 
     settings = _settings(profile)
     try:
         serve_chat(settings, host or settings.chat.host, port or settings.chat.port)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, UnsafeBinding) as exc:
         _fail(exc)
 
 
@@ -335,7 +336,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: api.port, 8080).")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1) and the chat (/chat) on one port."""
-    from ui.serve import UnsafeBinding
+    from ui.listen import UnsafeBinding
     from ui.serve import serve as serve_app
 
     settings = _settings(profile)

@@ -16,12 +16,17 @@ from ingest.run import IngestParts, IngestProgress, build_ingest_parts, ingest_f
 from rag.schema import Chunk
 from rag.settings import Settings
 from rag.store import SHARED
-from ui.auth import Identity
+from ui.auth import CHAT_OWNER_PREFIX, Identity
 
 # The folder name becomes the first part of a stored path ("uploads/handbook.pdf"), as a
 # folder ingested with `guardrag ingest` does.
 SHARED_FOLDER = "uploads"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Lower case only: a laptop's file system may fold case, and "Alice" and "alice" must not
+# share a folder.
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# The folders of names that are not safe as they are; no safe name may start with it, so the
+# two kinds of folder names never meet.
+_HASHED_PREFIX = "user-"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_. -]")
 
 
@@ -54,12 +59,20 @@ class UploadResult:
 
 
 def folder_name(owner: str) -> str:
-    """A user's upload folder: the name itself when it is a safe file name, else a hash."""
+    """An owner's upload folder: the user's name when it is a safe file name, else a hash of
+    the owner key. One folder per owner, never shared: each upload re-ingests the whole folder
+    for the uploader, so two owners in one folder would see each other's files."""
     if owner == SHARED:
         return SHARED_FOLDER
-    if _SAFE_NAME.match(owner) and owner != SHARED_FOLDER:
-        return owner
-    return "user-" + hashlib.sha256(owner.encode()).hexdigest()[:16]
+    name = owner.removeprefix(CHAT_OWNER_PREFIX)
+    if (
+        owner.startswith(CHAT_OWNER_PREFIX)
+        and _SAFE_NAME.match(name)
+        and not name.startswith(_HASHED_PREFIX)
+        and name != SHARED_FOLDER
+    ):
+        return name
+    return _HASHED_PREFIX + hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 def safe_file_name(name: str) -> str:
@@ -94,7 +107,7 @@ class DocumentLibrary:
     def _owner_for(self, who: Identity, shared: bool) -> str:
         if shared and not who.admin:
             raise UploadError("only admins may add documents to the shared collection")
-        return SHARED if shared else who.name
+        return SHARED if shared else who.owner
 
     def upload(
         self,
@@ -129,6 +142,7 @@ class DocumentLibrary:
         folder = self.folder(owner)
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            self._check_quota(folder, staged)
             for name, temporary in staged:
                 shutil.copyfile(temporary, folder / name)
             # The whole folder: files uploaded before are unchanged and cost one hash each.
@@ -151,11 +165,29 @@ class DocumentLibrary:
             seconds=report.seconds,
         )
 
+    def _check_quota(self, folder: Path, staged: Sequence[tuple[str, Path]]) -> None:
+        """Refuse an upload that would take the owner's folder over chat.max_user_files or
+        chat.max_user_bytes (a file uploaded again under its name replaces its old copy)."""
+        limits = self.settings.chat
+        kept = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+        kept.update((name, temporary.stat().st_size) for name, temporary in staged)
+        if len(kept) > limits.max_user_files:
+            raise UploadError(
+                f"this upload would make {len(kept)} documents; each user may keep "
+                f"{limits.max_user_files} (chat.max_user_files): delete some first"
+            )
+        total = sum(kept.values())
+        if total > limits.max_user_bytes:
+            raise UploadError(
+                f"this upload would make {total} bytes of documents; each user may keep "
+                f"{limits.max_user_bytes} (chat.max_user_bytes): delete some first"
+            )
+
     def documents(self, who: Identity) -> list[DocumentRow]:
         """The user's own documents, then the shared ones."""
         store = self.parts().store
         rows = []
-        for owner in (who.name, SHARED):
+        for owner in (who.owner, SHARED):
             states = store.file_states(owner)
             rows += [DocumentRow(path, owner, s.points) for path, s in sorted(states.items())]
         return rows

@@ -1,5 +1,6 @@
-"""What the chat page shows, as text it cannot be tricked by: model output as Markdown with raw
-HTML escaped and images removed, document text escaped, verdicts as chips."""
+"""What the chat page shows, as text it cannot be tricked by: model output rendered here from
+Markdown to HTML, raw HTML escaped and images removed; document text escaped; verdicts as
+chips."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
+
 from guardrails.verdict import Verdict
 from rag.schema import Answer, StageReport
 
-# Inline and reference-style images (`![alt](url)`, `![alt][ref]`): a browser fetches an
-# image's URL as soon as it renders, so a URL carrying data would leak it without a click.
-_MARKDOWN_IMAGE = re.compile(r"!\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])")
-# Autolinks `<https://…>` are the one HTML-looking Markdown form worth keeping readable.
 _CHIP_COLOURS = {
     "allow": "#1a7f37",
     "redact": "#9a6700",
@@ -25,12 +28,67 @@ _CHIP_COLOURS = {
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]{3,}")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
 
+# A link needs a click, so links stay, but only to other sites or mail: a relative link would
+# point at this server's own routes, and javascript:, data: and the like are never links.
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
+# The HTML leaves as one line with no `!` and no backtick. Gradio's Chatbot parses messages
+# as Markdown (marked) before it sanitises them: one line that starts with a block tag is one
+# raw HTML block to it, passed on unchanged (the same DOM as with render_markdown=False,
+# checked in Chromium on every form in tests/test_render.py). And whatever a Markdown parser
+# makes of it, it finds no `![` to open an image with and no fence (marked hands a ```mermaid
+# fence to Mermaid, which writes HTML of its own). Code keeps its newlines as character
+# references.
+_MARKDOWN_INERT = str.maketrans({"!": "&#33;", "`": "&#96;", "\n": " "})
+
+
+class _ChatMarkdown(MarkdownIt):
+    def validateLink(self, url: str) -> bool:
+        return url.strip().lower().startswith(_LINK_SCHEMES)
+
+
+def _removed_image(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    # Every image token, however it was written (inline, reference, shortcut, nested in a
+    # link or a table), comes here: its alt text stays, its URL never reaches the page.
+    alt = renderer.renderInlineAsText(tokens[idx].children, options, env)
+    return escapeHtml(f"[image removed: {alt}]")
+
+
+def _inert_link_open(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    tokens[idx].attrSet("rel", "noopener noreferrer nofollow")
+    return renderer.renderToken(tokens, idx, options, env)
+
+
+def _plain_code(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    # No language class: the only attribute a fence's text would set, and one a frontend may
+    # act on.
+    code = escapeHtml(tokens[idx].content).replace("\n", "&#10;")
+    return f"<pre><code>{code}</code></pre>\n"
+
+
+def _chat_markdown() -> MarkdownIt:
+    md = _ChatMarkdown("commonmark", {"html": False, "breaks": True, "xhtmlOut": False})
+    md.enable(["table", "strikethrough"])
+    md.add_render_rule("image", _removed_image)
+    md.add_render_rule("link_open", _inert_link_open)
+    md.add_render_rule("fence", _plain_code)
+    md.add_render_rule("code_block", _plain_code)
+    return md
+
+
+_CHAT_MARKDOWN = _chat_markdown()
+
 
 def safe_markdown(text: str) -> str:
-    """Model output as Markdown the page can render safely: every `<`, `>` and `&` escaped
-    (no tag, attribute or script survives, whatever the sanitiser keeps), images removed."""
-    without_images = _MARKDOWN_IMAGE.sub(lambda m: f"[image removed: {m.group(1)}]", text)
-    return html.escape(without_images, quote=False)
+    """Model output (or a question) as the HTML the chat shows, rendered here by one Markdown
+    tokenizer so that no parser in the browser decides what is an image: raw HTML in the text
+    shows as text, every image as `[image removed: alt]`, links go to http(s) and mail only."""
+    return _CHAT_MARKDOWN.render(text).translate(_MARKDOWN_INERT).rstrip()
 
 
 @dataclass(frozen=True)
