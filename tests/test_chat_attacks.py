@@ -5,6 +5,7 @@ with inputs no page would send. Each test names the finding it keeps closed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -241,15 +242,39 @@ def test_a_user_named_like_another_users_folder_gets_a_folder_of_their_own(
 # ---- item 8: a crafted file broke a user's uploads for good -------------------------------------
 
 
+def _docx_with_a_flipped_crc() -> bytes:
+    """A real DOCX whose first member's CRC-32 no longer matches its data."""
+    import docx
+
+    buffer = io.BytesIO()
+    document = docx.Document()
+    document.add_paragraph("A perfectly ordinary paragraph.")
+    document.save(buffer)
+    data = bytearray(buffer.getvalue())
+    crc_at = data.index(b"PK\x03\x04") + 14  # the local header's CRC-32 field
+    data[crc_at] ^= 0xFF
+    central = data.index(b"PK\x01\x02") + 16  # the central directory's copy of it
+    data[central] ^= 0xFF
+    return bytes(data)
+
+
 def test_a_crafted_upload_fails_alone_and_later_uploads_still_work(served: Served) -> None:
     carol = served.as_user("carol")
     nested = ("<div>" * 3000 + "deep" + "</div>" * 3000).encode()
-    first = carol.call("upload_documents", [[_upload(carol, "nested.html", nested)], False])
-    assert first.success and "failed" in first.outputs[0] and "nested.html" in first.outputs[0]
+    sent = [
+        _upload(carol, "nested.html", nested),
+        _upload(carol, "broken.docx", _docx_with_a_flipped_crc()),
+    ]
+    first = carol.call("upload_documents", [sent, False])
+    assert first.success, first.error
+    summary = first.outputs[0]
+    assert "failed: broken.docx" in summary, summary
+    assert "nested.html" in summary, "the nested file is read or fails, never crashes"
+    assert str(served.data_dir) not in json.dumps(first.messages), "no server path in progress"
     later = carol.call(
         "upload_documents", [[_upload(carol, "fine.md", b"# Fine\n\nA fine file.\n")], False]
     )
-    assert later.success and "added" in later.outputs[0], later.outputs[:1]
+    assert later.success and "added: carol/fine.md" in later.outputs[0], later.outputs[:1]
 
 
 # ---- item 9: session state read with another user's session hash --------------------------------
@@ -267,6 +292,8 @@ def test_another_users_session_hash_reads_nothing_of_theirs(served: Served) -> N
     assert own.success and "passage" in json.dumps(own.outputs), "alice reads her own passage"
 
     mallory = served.as_user("mallory", session_hash=alice.session_hash)
+    refused = mallory.call("show_passage", [1, None])
+    assert refused.error is not None and "403" in refused.error, refused.error
     for call, data, event in (
         ("show_passage", [1, None], None),
         ("show_answer", [None], {"index": index, "value": ""}),
@@ -274,6 +301,57 @@ def test_another_users_session_hash_reads_nothing_of_theirs(served: Served) -> N
         stolen = mallory.call(call, data, event_data=event)
         assert "passage" not in json.dumps(stolen.outputs), call
         assert "14" not in json.dumps(stolen.outputs), call
+
+
+def test_a_session_hash_serves_only_the_login_that_first_used_it(served: Served) -> None:
+    alice = served.as_user("alice")
+    assert alice.call("fill_page_for_user", []).success
+    bob = served.as_user("bob", session_hash=alice.session_hash)
+    stream = bob.http.get(
+        f"{bob.base}/gradio_api/queue/data", params={"session_hash": alice.session_hash}
+    )
+    assert stream.status_code == 403, "alice's answers would stream to bob"
+    assert not bob.call("new_conversation", []).success, "bob would reset alice's session"
+    assert bob.http.get(f"{bob.base}/gradio_api/heartbeat/{alice.session_hash}").status_code == 403
+    # Gradio's deep link writes a session's whole state (the chat, with personal data) to a
+    # file any user can fetch.
+    link = bob.http.get(
+        f"{bob.base}/gradio_api/deep_link", params={"session_hash": alice.session_hash}
+    )
+    assert link.status_code == 404
+    assert alice.call("fill_page_for_user", []).success, "alice's session still works"
+
+
+def test_gradio_routes_that_fetch_urls_or_show_everyones_events_are_not_served(
+    served: Served,
+) -> None:
+    alice = served.as_user("alice")
+    for path in ("/gradio_api/file=https://example.com/x", "/monitoring", "/monitoring/summary"):
+        assert alice.http.get(f"{alice.base}{path}").status_code == 404, path
+
+
+def test_a_huge_body_is_refused_before_any_route_parses_it(served: Served) -> None:
+    huge = b'{"data": [' + b"[1]," * 1_000_000 + b'[1]], "session_hash": "x"}'
+    with httpx.Client(timeout=60) as http:
+        # No login needed to reach Gradio's cancel route: the limit must come first.
+        refused = http.post(
+            f"{served.url}/chat/gradio_api/cancel",
+            content=huge,
+            headers={"content-type": "application/json"},
+        )
+        assert refused.status_code == 413
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(huge), 65536):
+                yield huge[start : start + 65536]
+
+        chunked = http.post(
+            f"{served.url}/chat/gradio_api/queue/join",
+            content=chunks(),
+            headers={"content-type": "application/json", HEADER: "alice"},
+        )
+        assert chunked.status_code == 413
+        assert http.get(f"{served.url}/healthz").status_code == 200
 
 
 # ---- item 12: uploads outlived their deletion; no quota ------------------------------------------

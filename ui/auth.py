@@ -7,7 +7,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,3 +124,24 @@ def trusted_header_user(chat: ChatSettings) -> Callable[[Any], str | None] | Non
         return name if name and user_name_problem(name) is None else None
 
     return user_from_header
+
+
+def login_of(chat: ChatSettings) -> Callable[[MutableMapping[str, Any]], str | None]:
+    """What names the login behind an ASGI request, for binding Gradio sessions to it: the
+    trusted header's user, or Gradio's login cookies. None without a login (single-user mode)
+    or when the request carries none (Gradio then refuses it itself)."""
+    from starlette.requests import Request
+
+    header_user = trusted_header_user(chat)
+
+    def login(scope: MutableMapping[str, Any]) -> str | None:
+        if not login_required(chat):
+            return None
+        request = Request(scope)
+        if header_user is not None:
+            return header_user(request)
+        # Gradio names its cookie after the app (`access-token-<id>`, `-unsecure-` over http).
+        tokens = sorted(v for k, v in request.cookies.items() if k.startswith("access-token"))
+        return "\x00".join(tokens) or None
+
+    return login

@@ -25,7 +25,14 @@ from rag.pipeline import MAX_QUESTION_CHARS, AskOptions, Conversation, Pipeline,
 from rag.schema import Answer, ChatMessage, Final, Retraction, StageEvent, TextDelta
 from rag.settings import ChatSettings, Settings
 from rag.store import SHARED
-from ui.auth import Identity, identify, login_required, password_check, trusted_header_user
+from ui.auth import (
+    Identity,
+    identify,
+    login_of,
+    login_required,
+    password_check,
+    trusted_header_user,
+)
 from ui.documents import DocumentLibrary, UploadError, UploadResult
 from ui.gradio_safety import (
     blocked_paths,
@@ -44,6 +51,7 @@ from ui.render import (
     passage_html,
     safe_markdown,
 )
+from ui.request_gate import RequestGate
 
 AUTO_MODEL = "auto (router)"
 MAX_TOP_K = 20
@@ -669,11 +677,26 @@ def mount_chat(app: FastAPI, pipeline: Pipeline, settings: Settings, path: str =
         # Gradio's own errors quote the inputs and server paths (a refused file's location,
         # the blocked directories): the page gets "Error", the log the traceback.
         show_error=False,
+        # Its dashboard shows every user's event counts and timings to any user.
+        enable_monitoring=False,
         ssr_mode=False,
         css=_CSS,
     )
     enforce_path_checks(chat)
+    mounted.add_middleware(
+        RequestGate,
+        max_body_bytes=settings.api.max_body_bytes,
+        max_upload_bytes=max_upload_request_bytes(chat_settings),
+        caller_of=login_of(chat_settings),
+    )
     return mounted
+
+
+def max_upload_request_bytes(chat: ChatSettings) -> int:
+    """The most one upload request may carry: every file the chat takes at once at its
+    largest, never more than a user may keep, plus room for the multipart framing."""
+    files = min(chat.max_upload_files * chat.max_upload_bytes, chat.max_user_bytes)
+    return files + 1_048_576
 
 
 def serve_chat(settings: Settings, host: str, port: int) -> None:
