@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# A line with its end (\n, \r\n or \r), or the last line without one.
+_LINES = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+\Z")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -67,7 +69,9 @@ def markdown_sections(text: str) -> list[Section]:
     current_path, current_start = "", 0
     offset = 0
     in_fence = False
-    for line in text.splitlines(keepends=True):
+    # Lines end at \n or \r only (offsets stay exact): splitlines() also breaks at U+2028
+    # and U+0085, so text after one that starts with "#" would become a heading.
+    for line in _LINES.findall(text):
         if line.lstrip().startswith(("```", "~~~")):
             in_fence = not in_fence
         match = None if in_fence else _HEADING.match(line.rstrip("\n"))

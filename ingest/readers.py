@@ -7,15 +7,18 @@ import bisect
 import codecs
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import docx
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
+from docx.document import Document as DocxDocument
 from docx.opc.exceptions import PackageNotFoundError
-from docx.table import Table
+from docx.oxml.exceptions import InvalidXmlError
+from docx.table import Table, _Cell
 from docx.text.paragraph import Paragraph
 from lxml.etree import XMLSyntaxError
 from selectolax.lexbor import LexborHTMLParser, LexborNode
@@ -71,7 +74,9 @@ def decode_text(data: bytes, declared_encoding: str | None = None) -> DecodedTex
             return DecodedText(
                 data.decode(declared_encoding), f"{declared_encoding}, as the file declares"
             )
-        except (LookupError, UnicodeDecodeError):
+        # UnicodeError, not only UnicodeDecodeError: a page may declare a codec such as
+        # "undefined", which fails with the base class.
+        except (LookupError, UnicodeError):
             pass  # a wrong or unknown declaration is common; detection decides instead
     from charset_normalizer import from_bytes
 
@@ -93,10 +98,16 @@ def decode_text(data: bytes, declared_encoding: str | None = None) -> DecodedTex
     return DecodedText(str(best), f"{best.encoding}, detected (not valid UTF-8)")
 
 
+_LINE_END = re.compile(r"\r\n?|\n")
+
+
 def read_markdown(path: Path) -> Document:
     decoded = decode_text(path.read_bytes())
+    text = decoded.text
     title = next(
-        (line.lstrip("# ").strip() for line in decoded.text.splitlines() if line.startswith("# ")),
+        # Lines end at \n or \r only: splitlines() also breaks at U+2028 and U+0085, which
+        # would make text after one look like a heading.
+        (line.lstrip("# ").strip() for line in _LINE_END.split(text) if line.startswith("# ")),
         "",
     )
     return Document(decoded.text, markdown=True, title=title, decoded_as=decoded.decoded_as)
@@ -128,7 +139,7 @@ def read_pdf(path: Path, max_pages: int = 2000) -> Document:
                 f"{len(pdf)} pages is over the limit of {max_pages} (ingest.max_pdf_pages)"
             )
         pages = [_pdf_page_text(pdf, index) for index in range(len(pdf))]
-        title = pdf.get_metadata_dict().get("Title", "").strip()
+        title = _pdf_title(pdf)
     except pdfium.PdfiumError as exc:
         raise ReadError(f"not a readable PDF: {exc}") from exc
     finally:
@@ -139,6 +150,16 @@ def read_pdf(path: Path, max_pages: int = 2000) -> Document:
     for text in pages[:-1]:
         starts.append(starts[-1] + len(text) + len("\n\n"))
     return Document("\n\n".join(pages), markdown=False, title=title, page_starts=tuple(starts))
+
+
+def _pdf_title(pdf: pdfium.PdfDocument) -> str:
+    try:
+        title: str = pdf.get_metadata_value("Title")
+    except UnicodeDecodeError:
+        # pypdfium2 decodes metadata strictly, and a title holding a lone UTF-16 surrogate
+        # fails; the pages are still readable, so the file keeps them and goes untitled.
+        return ""
+    return title.strip()
 
 
 def _pdf_page_text(pdf: pdfium.PdfDocument, index: int) -> str:
@@ -159,16 +180,47 @@ _MAX_ZIP_RATIO = 100
 # Small members (a blank bitmap, padding XML) legitimately compress far beyond the ratio and
 # cannot hurt; only members this large are held to it.
 _RATIO_CHECKED_FROM = 1_000_000
+# What a damaged package raises on its way through zipfile, lxml and python-docx, and what
+# that says about the file. python-docx picks its element classes by tag name, so a part
+# whose root element is renamed comes back as a plain lxml element and fails with
+# AttributeError (49 of 3,000 packages with one XML part mutated, fuzzed 2026-12-06).
+_DOCX_DAMAGE: tuple[tuple[type[Exception], str], ...] = (
+    (zipfile.BadZipFile, "damaged zip archive"),
+    (zlib.error, "corrupted compressed data in the zip archive"),
+    (EOFError, "compressed data cut short in the zip archive"),
+    (NotImplementedError, "zip archive uses a feature Python's zipfile lacks"),
+    (XMLSyntaxError, "malformed XML"),
+    (InvalidXmlError, "XML that breaks the DOCX schema"),
+    (PackageNotFoundError, "not a Word package"),
+    (KeyError, "a part is missing"),
+    (ValueError, "an invalid value"),
+    (AttributeError, "XML that is not the structure Word writes"),
+)
+_OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 def read_docx(path: Path, max_unzipped_bytes: int = 200_000_000) -> Document:
     """Paragraphs and tables in body order; Title and Heading N styles become Markdown
     headings, table rows become lines of cells joined by " | "."""
-    _refuse_zip_bomb(path, max_unzipped_bytes)
+    _check_docx_archive(path, max_unzipped_bytes)
     try:
         document = docx.Document(str(path))
-    except (PackageNotFoundError, KeyError, ValueError, XMLSyntaxError) as exc:
-        raise ReadError(f"not a readable DOCX: {exc}") from exc
+        blocks, first_heading = _docx_blocks(document)
+        title = (document.core_properties.title or "").strip() or first_heading
+    except tuple(damage for damage, _ in _DOCX_DAMAGE) as exc:
+        raise ReadError(_docx_damage_reason(exc)) from exc
+    return Document("\n\n".join(b for b in blocks if b), markdown=True, title=title)
+
+
+def _docx_damage_reason(exc: Exception) -> str:
+    what = next(what for damage, what in _DOCX_DAMAGE if isinstance(exc, damage))
+    # KeyError's str() quotes its message; the message is what the user reads.
+    detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return f"not a readable DOCX: {what}: {detail}"
+
+
+def _docx_blocks(document: DocxDocument) -> tuple[list[str], str]:
+    """The body's blocks in order, and the first level-1 heading's text."""
     blocks = []
     first_heading = ""
     # Resolving a paragraph's style searches the styles part every time: 40 % of reading a
@@ -190,18 +242,27 @@ def read_docx(path: Path, max_unzipped_bytes: int = 200_000_000) -> Document:
             blocks.append(f"{'#' * level} {heading}")
             if level == 1 and not first_heading:
                 first_heading = heading
-    title = (document.core_properties.title or "").strip() or first_heading
-    return Document("\n\n".join(b for b in blocks if b), markdown=True, title=title)
+    return blocks, first_heading
 
 
-def _refuse_zip_bomb(path: Path, max_unzipped_bytes: int) -> None:
-    """Checks the sizes the archive declares before anything is unpacked. They bound what
-    is read: zipfile stops every member at its declared size."""
+def _check_docx_archive(path: Path, max_unzipped_bytes: int) -> None:
+    """Checks the archive before anything is unpacked: a zip, not encrypted, and no bomb by
+    the sizes it declares. They bound what is read: zipfile stops every member at its
+    declared size."""
+    with path.open("rb") as file:
+        if file.read(len(_OLE2_MAGIC)) == _OLE2_MAGIC:
+            raise ReadError(
+                "not a readable DOCX: an OLE2 file, not a zip: a password-protected DOCX or "
+                "a Word 97-2003 .doc; save it from Word as .docx without a password"
+            )
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except zipfile.BadZipFile as exc:
-        raise ReadError(f"not a readable DOCX: {exc}") from exc
+    except (zipfile.BadZipFile, NotImplementedError) as exc:
+        raise ReadError(_docx_damage_reason(exc)) from exc
+    encrypted = next((member for member in members if member.flag_bits & 0x1), None)
+    if encrypted is not None:
+        raise ReadError(f"not a readable DOCX: {encrypted.filename} is encrypted in the zip")
     total = sum(member.file_size for member in members)
     if total > max_unzipped_bytes:
         raise ReadError(
@@ -226,12 +287,29 @@ def _docx_heading_level(paragraph: Paragraph) -> int:
 
 
 def _docx_table_text(table: Table) -> str:
+    """Each row's cells once, a vertically merged cell's text in every row it spans.
+
+    Not python-docx's `row.cells`: it lists a cell once per grid column it spans (a crafted
+    gridSpan of 10**20 filled memory until the kernel killed the process) and finds a merged
+    cell's text by recursing once per row above it (1,500 merged rows: RecursionError)."""
     rows = []
+    above: dict[int, str] = {}  # the previous row's cell texts by grid column
     for row in table.rows:
-        # A cell spanning several grid columns comes back once per column, as one object.
-        cells = [" ".join(cell.text.split()) for cell in dict.fromkeys(row.cells)]
+        cells = []
+        texts: dict[int, str] = {}
+        column = row.grid_cols_before
+        for tc in row._tr.tc_lst:
+            if tc.vMerge == "continue":
+                # A continuation with nothing above it is damage Word repairs; read it empty.
+                text = above.get(column, "")
+            else:
+                text = " ".join(_Cell(tc, table).text.split())
+            cells.append(text)
+            texts[column] = text
+            column += tc.grid_span
         if any(cells):
             rows.append(" | ".join(cells))
+        above = texts
     return "\n".join(rows)
 
 
@@ -248,11 +326,74 @@ _HTML_BLOCKS = "p, div, ul, ol, li, dl, table, pre, blockquote, h1, h2, h3, h4, 
 _META_CHARSET = re.compile(rb"""<meta[^>]*charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 
 
+# Lexbor's parse time grows with the square of the nesting depth (here: 20,000 nested lists
+# 1.4 s, 100,000 about 110 s), so a crafted page of a few MB would hold the ingest lock for
+# hours. Real pages nest a few dozen levels.
+MAX_HTML_NESTING = 20_000
+# Tags that never nest by staying open: void elements, and those HTML closes by itself when
+# the next one starts (an unclosed <p>, <li> or <td> is a sibling, not a child).
+_HTML_NOT_NESTING = frozenset(
+    [
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+        "p",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "td",
+        "th",
+        "option",
+        "optgroup",
+        "thead",
+        "tbody",
+        "tfoot",
+        "colgroup",
+        "rp",
+        "rt",
+    ]
+)
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*?(/?)>")
+
+
+def html_nesting_estimate(text: str) -> int:
+    """How deep a page's elements nest at most, from its tags alone (no parse): opening tags
+    less closing ones, for tags that nest."""
+    depth = deepest = 0
+    for match in _HTML_TAG.finditer(text):
+        closing, name, self_closing = match.groups()
+        if self_closing or name.lower() in _HTML_NOT_NESTING:
+            continue
+        if closing:
+            depth = max(depth - 1, 0)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
 def read_html(path: Path) -> Document:
     """The page's main content as Markdown: headings kept, list items as "- " lines,
     scripts, styles, navigation and other page chrome dropped."""
     data = path.read_bytes()
     decoded = decode_text(data, _declared_charset(data))
+    depth = html_nesting_estimate(decoded.text)
+    if depth > MAX_HTML_NESTING:
+        raise ReadError(
+            f"HTML nested about {depth} elements deep (the most read is {MAX_HTML_NESTING}): "
+            "not a page a person wrote"
+        )
     tree = LexborHTMLParser(decoded.text)
     title_node = tree.css_first("title")
     title = " ".join(title_node.text().split()) if title_node is not None else ""
@@ -291,12 +432,28 @@ def _html_main_content(tree: LexborHTMLParser) -> LexborNode | None:
     return articles[0] if len(articles) == 1 else tree.body
 
 
-def _html_blocks(node: LexborNode) -> Iterator[str]:
+def _html_blocks(node: LexborNode) -> list[str]:
     """The text blocks under `node` in reading order, whitespace collapsed inside each:
     headings as Markdown, list items with "- ", rows of a plain table as cells joined by
-    " | ", preformatted text fenced as it is. Empty blocks come out as ""."""
+    " | ", preformatted text fenced as it is. Empty blocks come out as "".
+
+    The walk keeps its own stack: a page of 3,000 nested <div>s (33 KB) recursed past
+    Python's limit."""
+    blocks = _ListItemBlocks()
     run: list[str] = []  # inline text waiting for the next block boundary
-    for child in node.iter(include_text=True):
+    # One entry per element being walked: its children still to visit, and whether it is a
+    # list item (whose end closes the item).
+    stack = [(node.iter(include_text=True), False)]
+    while stack:
+        children, is_item = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            blocks.add(" ".join("".join(run).split()))
+            run.clear()
+            if is_item:
+                blocks.close_item()
+            continue
         tag = child.tag or ""
         if child.is_text_node or tag in _HTML_INLINE:
             run.append(child.text())
@@ -306,23 +463,52 @@ def _html_blocks(node: LexborNode) -> Iterator[str]:
             continue
         if child.is_comment_node:
             continue
-        yield " ".join("".join(run).split())
+        blocks.add(" ".join("".join(run).split()))
         run.clear()
         if tag in _HTML_HEADINGS:
             heading = " ".join(child.text().split())
-            yield f"{'#' * int(tag[1])} {heading}" if heading else ""
+            blocks.add(f"{'#' * int(tag[1])} {heading}" if heading else "")
         elif tag == "pre":
             code = child.text().strip("\n")
-            yield f"```\n{code}\n```" if code.strip() else ""
-        elif tag == "li":
-            inner = [block for block in _html_blocks(child) if block]
-            yield from ([f"- {inner[0]}", *inner[1:]] if inner else [])
+            blocks.add(f"```\n{code}\n```" if code.strip() else "")
         elif tag == "tr" and child.css_first(_HTML_BLOCKS) is None:
             cells = [" ".join(cell.text().split()) for cell in child.iter()]
-            yield " | ".join(cells) if any(cells) else ""
+            blocks.add(" | ".join(cells) if any(cells) else "")
         else:
-            yield from _html_blocks(child)
-    yield " ".join("".join(run).split())
+            if tag == "li":
+                blocks.open_item()
+            stack.append((child.iter(include_text=True), tag == "li"))
+    return blocks.blocks
+
+
+class _ListItemBlocks:
+    """Blocks in walk order, with list items marked: an item's first non-empty block starts
+    with "- " (one per item, so an item that opens with a nested item reads "- - "), and
+    empty blocks inside an item are dropped."""
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self._written = 0  # non-empty blocks so far
+        # For each open item, how many non-empty blocks had been written when it opened.
+        self._items: list[int] = []
+        self._waiting = 0  # open items with no non-empty block yet: the innermost ones
+
+    def open_item(self) -> None:
+        self._items.append(self._written)
+        self._waiting += 1
+
+    def close_item(self) -> None:
+        if self._items.pop() == self._written:
+            self._waiting -= 1
+
+    def add(self, block: str) -> None:
+        if not block:
+            if not self._items:
+                self.blocks.append("")
+            return
+        self.blocks.append("- " * self._waiting + block)
+        self._waiting = 0
+        self._written += 1
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ it sees, replaces and prunes only that owner's chunks.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,12 @@ from guardrails.injection import InjectionDetector
 from ingest.chunking import chunk_document
 from ingest.readers import READERS, ReadError, ReadLimits, read_document
 from rag.compose import build_embedder, build_injection, open_store_for_embedder
-from rag.embedder import SentenceEmbedder
+from rag.embedder import EmbedderUnavailable, SentenceEmbedder
 from rag.schema import Chunk
 from rag.settings import IngestSettings, Settings
 from rag.store import SHARED, FileState, Store, point_id
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(ValueError):
@@ -205,7 +208,9 @@ def ingest_folder(
             continue
         if item.status == "failed":
             report.failed.append((str(item.file), item.reason))
-            advance(f"failed {item.file}: {item.reason}")
+            # The stored name, not the file's path: the chat shows progress to the uploader,
+            # and the server's folders are none of their business.
+            advance(f"failed {item.name}: {item.reason}")
             continue
         if item.notice:
             report.notices.append((str(item.file), item.notice))
@@ -273,6 +278,20 @@ def _prepare(
         return _Prepared(name, file, "failed", reason=str(exc))
     except OSError as exc:
         return _Prepared(name, file, "failed", reason=f"cannot read: {exc.strerror or exc}")
+    except (MemoryError, EmbedderUnavailable):
+        # Not this file's fault: out of memory, or the embedder (loaded on first use, here)
+        # cannot load. The whole run stops.
+        raise
+    except Exception as exc:
+        # One file's failure, whatever it is, fails that file only: a crafted file once
+        # aborted whole runs (RecursionError, zipfile.BadZipFile). The readers turn every
+        # failure they know into a ReadError, so this one is a bug worth its traceback.
+        log.warning("reading %s failed unexpectedly", file, exc_info=True)
+        reason = (
+            f"unexpected {type(exc).__name__} while reading it: {exc} "
+            "(a guardrag bug; the log has the traceback)"
+        )
+        return _Prepared(name, file, "failed", reason=reason)
     chunks = []
     heading_tokens: dict[str, int] = {}
     token_counts = []

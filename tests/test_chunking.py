@@ -1,4 +1,5 @@
 import itertools
+from pathlib import Path
 
 from ingest.chunking import chunk_document, chunk_text, markdown_sections
 from ingest.readers import read_document
@@ -94,3 +95,16 @@ def test_one_tokenizer_pass_cuts_the_same_chunks_as_tokenizing_every_span(
             slow = chunk_text(document.text, count, limit, overlap, document.markdown)
             assert fast == slow
             assert all(count(p.text) <= limit for p in fast)
+
+
+def test_a_unicode_line_separator_starts_no_heading_and_offsets_stay_exact(
+    tmp_path: Path,
+) -> None:
+    # U+2028 and U+0085 are line breaks to str.splitlines(), not to Markdown.
+    text = "# Policy\n\nPreface\u2028# Not a heading\u0085# Nor this\n\n## Real\r\nBody\n"
+    sections = markdown_sections(text)
+    assert [s.path for s in sections] == ["Policy", "Policy › Real"]
+    assert "".join(text[s.start : s.end] for s in sections) == text
+    page = tmp_path / "page.md"
+    page.write_text("Intro\u2028# Fake title\n\n# Real title\n", encoding="utf-8")
+    assert read_document(page).title == "Real title"
