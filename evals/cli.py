@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evals.metrics import DEFAULT_ANSWERS_LIMIT, SUITES
@@ -38,7 +39,12 @@ def eval_command(
     ] = ["all"],  # noqa: B006 - typer reads the default; it is never mutated
     data: Annotated[
         Path | None,
-        typer.Option(help=f"Folder of labelled sets (default: {DEFAULT_DATA} when present)."),
+        typer.Option(
+            help=(
+                "Folder of labelled sets, or the retrieval set's own folder (questions.jsonl "
+                f"and docs/); default: {DEFAULT_DATA} when present."
+            )
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option(help="Folder for metrics.json, report.html and summary.md.")
@@ -67,6 +73,7 @@ def eval_command(
     from evals.progress import RunProgress
     from evals.report import headline_table, retrieval_table, write_reports
     from evals.run import EvalOptions, gate_against, load_run, parse_suites, run_eval
+    from evals.suites import EvalData
 
     # In CI logs and pipes rich would wrap tables at 80 columns.
     console = Console(width=None if Console().is_terminal else 150)
@@ -78,10 +85,13 @@ def eval_command(
             raise ValueError(
                 f"no evaluation data at {folder}: pass --data DIR (README: dataset formats)"
             )
+        EvalData(folder).check_for(suites)
         if baseline is not None:
             load_run(baseline)  # refuse an unreadable baseline before spending minutes
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        # Unwrapped and unparsed: the message names paths, to copy whole (and a `[` in one is
+        # not rich markup).
+        err.print("[bold red]error:[/]", escape(str(exc)), soft_wrap=True)
         raise typer.Exit(2) from exc
     options = EvalOptions(
         suites=suites,

@@ -4,7 +4,8 @@ dense, hybrid and hybrid + rerank, with query latency.
 The set is a folder with `docs/` and `questions.jsonl`, one row per question:
 `{"id", "question", "doc": file name in docs/ holding the answer, "answers": [gold strings],
 "gold_paragraph"}` (as ../shared/eval-data/retrieval_qa).
-Run: `python -m evals.retrieval PATH [--profile P]` (or `guardrag eval --suite retrieval`).
+Run: `python -m evals.retrieval PATH [--profile P]` (or `guardrag eval --suite retrieval`);
+PATH is the set's folder or the folder holding it as `retrieval_qa/`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,42 @@ KS = (1, 5, 10)
 DEPTH = max(KS) * 4
 
 
+QUESTIONS_FILE = "questions.jsonl"
+DOCS_FOLDER = "docs"
+# The set's folder inside a folder of labelled sets (as ../shared/eval-data).
+SET_FOLDER = "retrieval_qa"
+
+
+def retrieval_set_in(folder: Path) -> Path | None:
+    """The retrieval set `folder` names: itself when it holds questions.jsonl and docs/,
+    else its retrieval_qa/ when that does; None when neither."""
+    for candidate in (folder, folder / SET_FOLDER):
+        if (candidate / QUESTIONS_FILE).is_file() and (candidate / DOCS_FOLDER).is_dir():
+            return candidate
+    return None
+
+
+def find_retrieval_set(folder: Path) -> Path:
+    """As `retrieval_set_in`, with a ValueError naming every file looked for, and where."""
+    found = retrieval_set_in(folder)
+    if found is not None:
+        return found
+
+    def seen(shown: str, there: bool) -> str:
+        return f"{shown} ({'found' if there else 'missing'})"
+
+    looked = "\n".join(
+        f"  {seen(str(c / QUESTIONS_FILE), (c / QUESTIONS_FILE).is_file())} and "
+        f"{seen(f'{c / DOCS_FOLDER}/', (c / DOCS_FOLDER).is_dir())}"
+        for c in (folder, folder / SET_FOLDER)
+    )
+    raise ValueError(
+        f"no retrieval set at {folder}. Looked for:\n{looked}\nA retrieval set is a folder "
+        f"holding {QUESTIONS_FILE} and {DOCS_FOLDER}/: point at it, or at the folder holding "
+        f"it as {SET_FOLDER}/ (README: dataset formats)."
+    )
+
+
 @dataclass(frozen=True)
 class QAQuestion:
     id: str
@@ -49,7 +86,7 @@ class QAQuestion:
 
 def load_questions(dataset: Path) -> list[QAQuestion]:
     rows = []
-    with (dataset / "questions.jsonl").open(encoding="utf-8") as lines:
+    with (dataset / QUESTIONS_FILE).open(encoding="utf-8") as lines:
         for line in lines:
             if line.strip():
                 row = json.loads(line)
@@ -145,7 +182,7 @@ def evaluate(
     mode. `advance` is called once per question per mode."""
     questions = list(questions) if questions is not None else load_questions(dataset)
     parts = build_ingest_parts(settings)
-    report = ingest_folder(dataset / "docs", parts)
+    report = ingest_folder(dataset / DOCS_FOLDER, parts)
     if report.failed:
         print(f"warning: {len(report.failed)} file(s) failed: {report.failed}", file=sys.stderr)
     embedder, store = parts.embedder, parts.store
@@ -178,7 +215,11 @@ def evaluate(
 
 
 def main(argv: list[str]) -> None:
-    dataset = Path(argv[0]) if argv else Path("../shared/eval-data/retrieval_qa")
+    try:
+        dataset = find_retrieval_set(Path(argv[0]) if argv else Path("../shared/eval-data"))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     profile = argv[argv.index("--profile") + 1] if "--profile" in argv else None
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings(profile, data_dir=Path(data_dir))

@@ -22,7 +22,16 @@ from evals.answers import (
 from evals.guards import injection_scores, llama_guard_agreement, pii_scores, read_jsonl
 from evals.llamaindex_baseline import BaselineMissing, BaselineRun, run_in_child
 from evals.progress import RunProgress
-from evals.retrieval import KS, QAQuestion, evaluate, load_questions, scores_from
+from evals.retrieval import (
+    DOCS_FOLDER,
+    KS,
+    QAQuestion,
+    evaluate,
+    find_retrieval_set,
+    load_questions,
+    retrieval_set_in,
+    scores_from,
+)
 from evals.scoring import percentile
 from guardrails.verdict import GuardContext
 from ingest.run import IngestReport, build_ingest_parts, ingest_folder
@@ -43,7 +52,8 @@ def spread(rows: Sequence[Row], limit: int | None) -> list[Row]:
 
 @dataclass(frozen=True)
 class EvalData:
-    """Where each labelled set is; a set may be absent (its part is then reported so)."""
+    """Where each labelled set is; a set may be absent (its part is then reported so). `root`
+    is a folder of sets, or the retrieval set's own folder (then the other sets are absent)."""
 
     root: Path
 
@@ -52,7 +62,8 @@ class EvalData:
 
     @property
     def retrieval_qa(self) -> Path:
-        return self.root / "retrieval_qa"
+        """The retrieval set; a ValueError naming what was looked for where when absent."""
+        return find_retrieval_set(self.root)
 
     @property
     def pii(self) -> Path | None:
@@ -79,9 +90,24 @@ class EvalData:
     def files_used(self) -> list[Path]:
         sets = [self.pii, self.injection, self.benign, self.moderation, self.router]
         files = [p for p in sets if p is not None]
-        if self.retrieval_qa.is_dir():
-            files += sorted(p for p in self.retrieval_qa.rglob("*") if p.is_file())
+        retrieval_qa = retrieval_set_in(self.root)
+        if retrieval_qa is not None:
+            files += sorted(p for p in retrieval_qa.rglob("*") if p.is_file())
         return files
+
+    def check_for(self, suites: Sequence[str]) -> None:
+        """Refuse, before any model loads, a run whose suites need the retrieval set when it
+        is absent; the other sets are optional (their parts are reported as unavailable)."""
+        needing = [name for name in suites if name in NEEDS_RETRIEVAL_SET]
+        if not needing:
+            return
+        try:
+            find_retrieval_set(self.root)
+        except ValueError as exc:
+            others = ", ".join(name for name in SUITE_FUNCTIONS if name not in NEEDS_RETRIEVAL_SET)
+            raise ValueError(
+                f"{', '.join(needing)} cannot run without a retrieval set ({others} can): {exc}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -120,7 +146,7 @@ class SharedWork:
     def ensure_corpus(self) -> IngestReport:
         if self.ingest_report is None:
             parts = build_ingest_parts(self.settings)
-            self.ingest_report = ingest_folder(self.data.retrieval_qa / "docs", parts)
+            self.ingest_report = ingest_folder(self.data.retrieval_qa / DOCS_FOLDER, parts)
             parts.store.close()
         return self.ingest_report
 
@@ -445,3 +471,6 @@ SUITE_FUNCTIONS: dict[str, Callable[[SharedWork], SuiteResult]] = {
     "answers": answers_suite,
     "latency": latency_suite,
 }
+# The suites that read the retrieval set: its questions, and its documents ingested (answers
+# and latency ask the pipeline its questions over them).
+NEEDS_RETRIEVAL_SET = frozenset({"retrieval", "answers", "latency"})

@@ -12,12 +12,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.sparse import csr_matrix, hstack
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from guardrails.injection_exemplars import EXEMPLARS_DIR
+
+if TYPE_CHECKING:
+    # scikit-learn and SciPy take most of a second to import: only when a text is scored.
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import HashingVectorizer
 
 WEIGHTS_PATH = EXEMPLARS_DIR / "learned_injection.npz"
 # A chunk longer than this many words is also scored in windows, so one planted sentence is
@@ -47,6 +51,8 @@ class Featurizer:
         return 2 * self.n_features + 1 + len(self.rule_categories)
 
     def _vectorizers(self) -> tuple[HashingVectorizer, HashingVectorizer]:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
         common = {"n_features": self.n_features, "alternate_sign": False, "norm": "l2"}
         char = HashingVectorizer(analyzer="char_wb", ngram_range=self.char_ngrams, **common)
         word = HashingVectorizer(analyzer="word", ngram_range=self.word_ngrams, **common)
@@ -59,6 +65,8 @@ class Featurizer:
     def transform(self, texts: Sequence[str], evidence: Sequence[RuleEvidence]) -> csr_matrix:
         """One row per text; `evidence[i]` is what the rules found in the text `texts[i]`
         comes from (a window of a long text carries its whole text's evidence)."""
+        from scipy.sparse import csr_matrix, hstack
+
         char, word = self._vectorizers()
         rules = csr_matrix(np.array([self.rule_features(e) for e in evidence], dtype=np.float64))
         return hstack([char.transform(texts), word.transform(texts), rules]).tocsr()

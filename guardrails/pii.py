@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from guardrails.pii_labelled import LabelledIdentifierRecognizer
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
@@ -131,6 +130,8 @@ class PresidioPII:
     def _build_analyzer(self, spacy_package: str, custom_patterns: dict[str, str]):  # type: ignore[no-untyped-def]
         from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
         from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+        from guardrails.pii_labelled import LabelledIdentifierRecognizer
 
         _offline_tldextract()
         # Presidio logs the words around each finding ("Context list is: …") at DEBUG: that is

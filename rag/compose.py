@@ -328,6 +328,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
     if store.open_existing() is None:
         where = settings.store_path if settings.store.kind == "edge" else settings.store.url
         raise StoreError(f"no documents ingested yet in {where}: run `guardrag ingest PATH` first")
+    # The embedder loads on first use; a pipeline loads it now, so a server starts ready (not
+    # at its first question) and a model that cannot load stops it at start.
+    embedder.load()
     store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
     pool = build_pool(settings)
     reranker, reranker_missing = build_reranker(settings)

@@ -1,15 +1,29 @@
-"""Sentence-transformers embeddings for chunks and queries."""
+"""Sentence-transformers embeddings for chunks and queries.
+
+The model loads on first use, not when the embedder is built: an ingest run over an unchanged
+folder never embeds, and spares importing torch and sentence-transformers and loading the model.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.precision import autocast_batches, batch_dtype, resolve_device
 from rag.settings import Device, Precision
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedder's model did not load; the message names it and where it was loaded from."""
 
 
 class SentenceEmbedder:
@@ -23,21 +37,77 @@ class SentenceEmbedder:
         device: Device = "auto",
         precision: Precision = "auto",
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-
         self.name = name
+        self.path = path
         self.query_instruction = query_instruction
         self.batch_size = batch_size
-        self.device = resolve_device(device)
+        self._max_seq_length = max_seq_length
+        self._device_setting = device
+        self._precision = precision
+        self._loaded: SentenceTransformer | None = None
+        self._load_lock = threading.Lock()
+        # The store checks a collection against the embedder's dimension before anything is
+        # embedded: read from the model's files where they say it plainly, so that check
+        # loads nothing (and the loaded model must agree, see `_load_model`).
+        self._dimension: int | None = dimension_on_disk(path)
+
+    @functools.cached_property
+    def device(self) -> str:
+        from rag.precision import resolve_device
+
+        return resolve_device(self._device_setting)
+
+    @functools.cached_property
+    def document_dtype(self) -> torch.dtype | None:
+        from rag.precision import batch_dtype
+
         # Document batches only: one query is too small for bfloat16 to pay for its casts
         # (MiniLM, one question: 8.1 ms in bfloat16 autocast vs 5.7 ms in float32).
-        self.document_dtype = batch_dtype(precision, self.device)
-        self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
-        self._model.max_seq_length = max_seq_length
-        dimension = self._model.get_embedding_dimension()
+        return batch_dtype(self._precision, self.device)
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self.load()
+        assert self._dimension is not None
+        return self._dimension
+
+    def load(self) -> SentenceTransformer:
+        """The model, loaded on the first call (once, whichever thread asks first)."""
+        if self._loaded is not None:
+            return self._loaded
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = self._load_model()
+        return self._loaded
+
+    def _load_model(self) -> SentenceTransformer:
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            # Raised where the model is first needed (possibly mid-run), so it says which one.
+            raise EmbedderUnavailable(
+                f"embedder {self.name} at {self.path} did not load: {exc}"
+            ) from exc
+        model.max_seq_length = self._max_seq_length
+        dimension = model.get_embedding_dimension()
         if dimension is None:
-            raise ValueError(f"embedder {name} at {path} does not report its dimension")
-        self.dimension: int = int(dimension)
+            raise ValueError(f"embedder {self.name} at {self.path} does not report its dimension")
+        if self._dimension not in (None, dimension):
+            raise EmbedderUnavailable(
+                f"embedder {self.name} at {self.path} embeds in {dimension} dimensions, but its "
+                f"files said {self._dimension}: a guardrag bug (rag/embedder.py)"
+            )
+        self._dimension = int(dimension)
+        return model
+
+    @property
+    def _model(self) -> SentenceTransformer:
+        return self.load()
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]
@@ -53,6 +123,8 @@ class SentenceEmbedder:
         """Unit vectors for `texts`, in order. `on_progress` hears how many are done after
         every `batches_per_report` batches. `token_counts`, when the caller knows them (ingest
         does, from chunking), spare tokenizing every text once more just to sort them."""
+        from rag.precision import autocast_batches
+
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return vectors
@@ -80,6 +152,8 @@ class SentenceEmbedder:
     def encode_bare(self, texts: list[str]) -> np.ndarray:
         """One plain `encode` call in the precision documents get: the embedder's raw speed,
         which `make bench-ingest` measures ingest against."""
+        from rag.precision import autocast_batches
+
         with autocast_batches(self.device, self.document_dtype):
             return self._encode(texts)
 
@@ -110,3 +184,41 @@ class SentenceEmbedder:
         )[0]
         vector.setflags(write=False)  # shared between callers: nobody may change it
         return vector
+
+
+def dimension_on_disk(path: Path) -> int | None:
+    """The dimension a sentence-transformers model folder embeds in, read from its files when
+    its modules are the usual pooling (one mode), optional dense layers and normalisation;
+    None for anything else, which then loads the model to ask it."""
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        for module in reversed(modules):
+            kind = str(module["type"]).rsplit(".", 1)[-1]
+            if kind == "Normalize":
+                continue
+            config = _module_config(path / str(module.get("path", "")))
+            if kind == "Dense":
+                return int(config["out_features"])
+            if kind == "Pooling":
+                return _pooled_dimension(config)
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _module_config(folder: Path) -> dict[str, Any]:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / 'config.json'} is not an object")
+    return config
+
+
+def _pooled_dimension(config: dict[str, Any]) -> int | None:
+    width: Any = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    mode = config.get("pooling_mode")
+    if mode is None:
+        # The older layout: one flag per mode; two modes concatenate (twice the width).
+        modes = [k for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+        return int(width) if len(modes) <= 1 else None
+    return int(width) if isinstance(mode, str) or len(mode) == 1 else None

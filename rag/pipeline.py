@@ -194,6 +194,24 @@ class Pipeline:
         )
 
 
+def citations_of(hits: Sequence[Hit]) -> tuple[Citation, ...]:
+    """The passages the model was given, numbered as in its prompt (so by rank), each with
+    both raw scores: the retrieval's and, when a reranker ran, the reranker's."""
+    return tuple(
+        Citation(
+            number=n,
+            chunk_id=h.chunk.id,
+            path=h.chunk.path,
+            section=h.chunk.section,
+            page=h.chunk.page,
+            score=h.score,
+            text=h.chunk.text,
+            rerank_score=h.rerank_score,
+        )
+        for n, h in enumerate(hits, start=1)
+    )
+
+
 def _first_blocking(checks: list[asyncio.Task[Verdict]], policy: Any) -> Verdict | None:
     for check in checks:
         if check.done() and not check.cancelled() and check.exception() is None:
@@ -601,18 +619,7 @@ class _Run:
         return messages
 
     def _citations(self) -> tuple[Citation, ...]:
-        return tuple(
-            Citation(
-                number=n,
-                chunk_id=h.chunk.id,
-                path=h.chunk.path,
-                section=h.chunk.section,
-                page=h.chunk.page,
-                score=h.rerank_score if h.rerank_score is not None else h.score,
-                text=h.chunk.text,
-            )
-            for n, h in enumerate(self.used_hits, start=1)
-        )
+        return citations_of(self.used_hits)
 
     def _finish(self, text: str, status: AnswerStatus) -> Final:
         self.reports.append(StageReport("total", "ran", _ms(self.started)))

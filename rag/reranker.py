@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from rag.precision import autocast_batches, batch_dtype, resolve_device
 from rag.schema import Hit
 from rag.settings import Device, Precision
 
@@ -22,6 +21,8 @@ class CrossEncoderReranker:
     ) -> None:
         from sentence_transformers import CrossEncoder
 
+        from rag.precision import batch_dtype, resolve_device
+
         self.name = name
         self.min_score = min_score
         self.device = resolve_device(device)
@@ -29,6 +30,8 @@ class CrossEncoderReranker:
         self._model = CrossEncoder(str(path), device=self.device, local_files_only=True)
 
     def rerank(self, question: str, hits: Sequence[Hit], top_k: int) -> list[Hit]:
+        from rag.precision import autocast_batches
+
         if not hits:
             return []
         with autocast_batches(self.device, self.batch_dtype):

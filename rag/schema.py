@@ -46,13 +46,21 @@ class Hit:
 
 @dataclass(frozen=True)
 class Citation:
+    # The passage's number in the prompt, which is also its rank: passages are given to the
+    # model in rank order (the reranker's when it ran, else the retrieval's).
     number: int
     chunk_id: str
     path: str
     section: str
     page: int | None
+    # The raw retrieval score: reciprocal-rank fusion in hybrid mode (Qdrant gives first place
+    # in a list 1/60, so at most 0.033), cosine similarity in dense mode. It orders passages;
+    # a reader can do little with it.
     score: float
     text: str
+    # The reranker's raw score, None when no reranker ran. For a one-output cross-encoder
+    # (bge-reranker) sentence-transformers applies a sigmoid, so it is a 0-1 relevance.
+    rerank_score: float | None = None
 
     @property
     def location(self) -> str:

@@ -258,3 +258,40 @@ def test_serve_refuses_a_public_interface_without_api_keys_or_a_chat_login(
     result = runner.invoke(app, ["serve", "--host", "0.0.0.0"], env=with_keys)
     assert result.exit_code == 2
     assert "without a login" in result.output
+
+
+def test_guard_check_reads_json_lines_split_at_newlines_only_and_names_the_broken_row(
+    tmp_path: Path,
+) -> None:
+    # U+2028, U+2029 and U+0085 are legal raw inside a JSON string; str.splitlines() broke
+    # rows at them. \r\n line ends are JSON Lines too. Line 5 is really not JSON.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(
+        (
+            '{"id": "ls", "text": "first line\u2028second line"}\n'
+            '{"id": "ps", "text": "one paragraph\u2029another"}\r\n'
+            '{"id": "nel", "text": "next\u0085line"}\r\n'
+            "\n"
+            '{"id": "broken", "text": "no closing quote}\n'
+            '{"id": "last", "text": "What is the leave policy?"}'
+        ).encode("utf-8")
+    )
+    result = runner.invoke(app, ["guard", "check", "--file", str(rows)], env=_env(tmp_path))
+    checked = [json.loads(line) for line in result.stdout.split("\n") if line.startswith("{")]
+    assert [row["id"] for row in checked] == ["ls", "ps", "nel", "last"]
+    assert all(row["verdicts"] for row in checked)
+    assert "rows.jsonl:5: not JSON" in result.output
+    assert result.exit_code != 0
+
+
+def test_file_names_that_look_like_markup_are_printed_as_they_are(
+    tmp_path: Path, provisioned: Settings
+) -> None:
+    # Rich reads "[...]" as markup: a folder named "[" once aborted the run with MarkupError.
+    folder = tmp_path / "docs" / "["
+    folder.mkdir(parents=True)
+    (folder / "y].txt").write_text("A short note about the office plants.\n")
+    (folder / "[draft].txt").write_bytes(b"\x00\xff" * 50)
+    result = runner.invoke(app, ["ingest", str(tmp_path / "docs")], env=_env(tmp_path / "data"))
+    assert result.exit_code == 0, result.output
+    assert "[draft].txt" in result.output and "MarkupError" not in result.output

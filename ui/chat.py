@@ -147,7 +147,7 @@ def _panels(view: AnswerView | None) -> tuple[Any, Any, Any, Any]:
         chips_html(view.chips),
         _source_choices(view),
         note,
-        details_markdown(view.route, view.stages, view.first_token_ms),
+        details_markdown(view.route, view.stages, view.first_token_ms, view.sources),
     )
 
 

@@ -10,31 +10,26 @@ import time
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from evals.cli import eval_command
-from ingest.run import IngestError, IngestProgress, build_ingest_parts, ingest_folder
-from rag.compose import (
-    build_embedder,
-    build_guard_checker,
-    build_pipeline,
-    build_router,
-    build_store,
-    shutdown_engines,
-)
-from rag.generator import ModelUnavailable
-from rag.models import ModelMissing, list_models, pull
+from rag.models import list_models, pull
 from rag.multi import MergeStrategy
-from rag.pipeline import AskOptions, QuestionError, validate_question
-from rag.router import RouterError
-from rag.schema import Answer, Final, Retraction, TextDelta
-from rag.settings import Settings, SettingsError, load_settings
-from rag.store import StoreError
+from rag.settings import SettingsError, load_settings
+
+# The composition root (rag.compose), the pipeline and ingestion are imported inside the
+# commands that use them: at module level they made every command, `--help` included, import
+# Presidio, spaCy and torch first (6.5 s of 7.7 s here). tests/test_cli_fast.py keeps it so.
+if TYPE_CHECKING:
+    from ingest.run import IngestProgress
+    from rag.schema import Answer
+    from rag.settings import Settings
 
 app = typer.Typer(
     help="guardrag: a guarded retrieval-augmented chat over your documents.", no_args_is_help=True
@@ -57,16 +52,28 @@ app.command("eval")(eval_command)
 console = Console()
 err = Console(stderr=True)
 
-# Faults a user can fix; each message says how. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    SettingsError,
-    IngestError,
-    StoreError,
-    ModelMissing,
-    ModelUnavailable,
-    QuestionError,
-    RouterError,
-)
+
+def user_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """Faults a user can fix (and `more` a command adds); each message says how. Anything else
+    is a bug and keeps its traceback. A function, evaluated when an exception is matched: the
+    modules defining these are the heavy ones, already imported by any command raising them."""
+    from ingest.run import IngestError
+    from rag.generator import ModelUnavailable
+    from rag.models import ModelMissing
+    from rag.pipeline import QuestionError
+    from rag.router import RouterError
+    from rag.store import StoreError
+
+    return (
+        SettingsError,
+        IngestError,
+        StoreError,
+        ModelMissing,
+        ModelUnavailable,
+        QuestionError,
+        RouterError,
+        *more,
+    )
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -100,7 +107,7 @@ def _settings(profile: str | None) -> Settings:
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    err.print(f"[bold red]error:[/] {exc}")
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(2)
 
 
@@ -117,9 +124,12 @@ def ingest(
     ] = None,
 ) -> None:
     """Ingest a folder (PDF, DOCX, HTML, Markdown, text) into the store, incrementally."""
+    from ingest.run import build_ingest_parts, ingest_folder
+
     settings = _settings(profile)
     try:
-        with console.status("loading the embedder…"):
+        # The embedder loads at the first file that changed (an unchanged folder never does).
+        with console.status("opening the store…"):
             parts = build_ingest_parts(settings)
         if console.is_terminal:
             with Progress(
@@ -141,7 +151,7 @@ def ingest(
                         rate=f"{p.chunks_per_second:.0f}",
                     )
                     if p.message.startswith("failed"):
-                        bar.console.log(p.message)
+                        bar.console.log(escape(p.message))
 
                 report = ingest_folder(path, parts, prune=prune, progress=show)
         else:
@@ -151,12 +161,12 @@ def ingest(
                 parts,
                 prune=prune,
                 progress=lambda p: console.log(
-                    f"{p.message} · {p.files_done}/{p.files_total} files · "
+                    f"{escape(p.message)} · {p.files_done}/{p.files_total} files · "
                     f"{p.chunks_embedded} chunks · {p.chunks_per_second:.0f} chunks/s"
                 ),
             )
         parts.store.close()
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         _fail(exc)
     table = Table(title=f"ingested {report.root} in {report.seconds:.1f} s")
     for key in report.summary():
@@ -164,9 +174,9 @@ def ingest(
     table.add_row(*(str(v) for v in report.summary().values()))
     console.print(table)
     for file, note in report.notices:
-        err.print(f"[cyan]note[/] {file}: {note}")
+        err.print(f"[cyan]note[/] {escape(file)}: {escape(note)}")
     for file, reason in report.failed:
-        err.print(f"[yellow]failed[/] {file}: {reason}")
+        err.print(f"[yellow]failed[/] {escape(file)}: {escape(reason)}")
     if report_json:
         report_json.write_text(json.dumps(asdict(report), indent=2))
     if strict and report.failed:
@@ -203,7 +213,10 @@ def _print_answer_details(answer: Answer) -> None:
     console.print(verdicts)
     if answer.route:
         r = answer.route
-        console.print(f"route: {r.task} → {r.model} (confidence {r.confidence:.2f}; {r.reason})")
+        console.print(
+            f"route: {r.task} → {r.model} (confidence {r.confidence:.2f}; {r.reason})",
+            markup=False,
+        )
     stages = Table(title="stages")
     for column in ("stage", "status", "ms", "detail"):
         stages.add_column(column)
@@ -234,6 +247,10 @@ def ask(
     ] = MergeStrategy.CONSENSUS,
 ) -> None:
     """Ask one question: the answer streams, then citations, verdicts, route and timings."""
+    from rag.compose import build_pipeline, shutdown_engines
+    from rag.pipeline import AskOptions, QuestionError, validate_question
+    from rag.schema import Final, Retraction, TextDelta
+
     settings = _settings(profile)
     options = AskOptions(
         task_hints=tuple(hint or ()), model=model, fan_out=tuple(fan_out or ()), merge=merge
@@ -252,7 +269,7 @@ def ask(
                 if isinstance(event, TextDelta) and not as_json:
                     console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
                 elif isinstance(event, Retraction) and not as_json:
-                    console.print(f"\n[red]retracted:[/] {event.reason}")
+                    console.print(f"\n[red]retracted:[/] {escape(event.reason)}")
                 elif isinstance(event, Final):
                     answer = event.answer
         finally:
@@ -264,13 +281,13 @@ def ask(
 
     try:
         answer = asyncio.run(run())
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(answer_json(answer), indent=2) + "\n")
         return
     if answer.status != "answered":
-        console.print(f"[bold red]{answer.status}:[/] {answer.text}")
+        console.print(f"[bold red]{answer.status}:[/] {escape(answer.text)}")
     console.print()
     _print_answer_details(answer)
 
@@ -286,10 +303,12 @@ def route(
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
 ) -> None:
     """Show which task a question is and which model would answer it, without asking it."""
+    from rag.compose import build_embedder, build_router
+
     settings = _settings(profile)
     try:
         router = build_router(settings, build_embedder(settings), settings.generation.models)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         _fail(exc)
     hints = tuple(hint or ())
     # The first call pays one-off start-up costs (kernels, tokenizer), not a route's.
@@ -323,7 +342,7 @@ def chat(
     settings = _settings(profile)
     try:
         serve_chat(settings, host or settings.chat.host, port or settings.chat.port)
-    except (*USER_ERRORS, UnsafeBinding) as exc:
+    except user_errors(UnsafeBinding) as exc:
         _fail(exc)
 
 
@@ -342,7 +361,7 @@ def serve(
     settings = _settings(profile)
     try:
         serve_app(settings, host or settings.api.host, port or settings.api.port)
-    except (*USER_ERRORS, UnsafeBinding) as exc:
+    except user_errors(UnsafeBinding) as exc:
         _fail(exc)
 
 
@@ -358,13 +377,16 @@ def hash_password_command() -> None:
 @quarantine_app.command("list")
 def quarantine_list(profile: ProfileOption = None) -> None:
     """Every chunk ingest flagged as injection: file, section, score and the rules it matched."""
+    from rag.compose import build_store
+    from rag.store import StoreError
+
     settings = _settings(profile)
     try:
         store = build_store(settings)
         if store.open_existing() is None:
             raise StoreError("no documents ingested yet: run `guardrag ingest PATH` first")
         flagged = [c for c in store.scroll_chunks() if c.flagged]
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         _fail(exc)
     table = Table(title=f"{len(flagged)} quarantined chunk(s)")
     for column in ("file", "section", "score", "rules", "start of text"):
@@ -402,30 +424,53 @@ def guard_check(
     spans found (offsets and types, never the values) and whether the text would be blocked."""
     if (text is None) == (file is None):
         _fail(ValueError("give either TEXT or --file F.jsonl"))
+    from rag.compose import build_guard_checker
+
     settings = _settings(profile)
+    rows: list[dict[str, Any]] = [{"id": "1", "text": text}]
+    bad_rows: list[str] = []
+    if file is not None:
+        rows, bad_rows = _jsonl_rows(file)
+    # A malformed row is reported with its line and the others are still checked; the exit
+    # status says that one failed.
+    for problem in bad_rows:
+        err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+    if rows:
+        try:
+            checker = build_guard_checker(settings)
+            for row in rows:
+                result = asyncio.run(checker.check(str(row["text"]), checked_as.value))
+                line = json.dumps({"id": row.get("id"), **result}, ensure_ascii=False)
+                sys.stdout.write(line + "\n")
+        except user_errors() as exc:
+            _fail(exc)
+    if bad_rows:
+        raise typer.Exit(2)
+
+
+def _jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a JSON Lines file, and a message (`file:line: why`) for each bad one."""
     try:
-        rows = [{"id": "1", "text": text}] if text is not None else _jsonl_rows(file)  # type: ignore[arg-type]
-        checker = build_guard_checker(settings)
-        for row in rows:
-            result = asyncio.run(checker.check(str(row["text"]), checked_as.value))
-            sys.stdout.write(json.dumps({"id": row.get("id"), **result}, ensure_ascii=False) + "\n")
-    except USER_ERRORS as exc:
-        _fail(exc)
-
-
-def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(ValueError(f"cannot read {path}: {exc}"))
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    # JSON Lines ends a line at \n only. str.splitlines() also breaks at U+2028, U+2029,
+    # U+0085 and other characters a JSON string may hold raw, cutting such a row in two.
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip(" \t\r"):
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise IngestError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            problems.append(f"{path}:{number}: not JSON ({exc.msg})")
+            continue
         if not isinstance(row, dict) or "text" not in row:
-            raise IngestError(f"{path}:{number}: a row needs a `text` field")
+            problems.append(f"{path}:{number}: a row needs a `text` field")
+            continue
         rows.append(row)
-    return rows
+    return rows, problems
 
 
 @models_app.command("pull")
@@ -434,7 +479,7 @@ def models_pull(profile: ProfileOption = None) -> None:
     settings = _settings(profile)
     try:
         statuses = pull(settings, report=lambda line: console.log(line))
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         _fail(exc)
     _print_models(statuses)
 

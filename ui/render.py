@@ -137,23 +137,42 @@ def chips_html(chips: Sequence[ChipView]) -> str:
     return "".join(spans)
 
 
+def relevance_text(rerank_score: float) -> str:
+    """The reranker's score as a reader can take it. sentence-transformers puts a sigmoid on a
+    one-output cross-encoder (bge-reranker), so the score is a 0-1 relevance, shown as a
+    percentage; a model saved with another activation gives logits, shown raw and named so
+    rather than as a made-up percentage."""
+    if 0.0 <= rerank_score <= 1.0:
+        return f"relevance {rerank_score:.0%}"
+    return f"reranker score {rerank_score:.2f}"
+
+
 @dataclass(frozen=True)
 class SourceView:
     """One citation as the page shows it; `text` is empty for answers resumed from history
-    (passages are not copied into the history database)."""
+    (passages are not copied into the history database). Its number is its rank; the raw
+    scores go to the route and timings panel, not the label: a fused retrieval score is about
+    0.03 for every passage. History rows stored before `rerank_score` existed load with None
+    (their `score` was the reranker's when one ran)."""
 
     number: int
     location: str
     score: float
     text: str = ""
+    rerank_score: float | None = None
 
     @property
     def label(self) -> str:
-        return f"[{self.number}] {self.location} (score {self.score:.3f})"
+        shown = [f"rank {self.number}"]
+        if self.rerank_score is not None:
+            shown.append(relevance_text(self.rerank_score))
+        return f"[{self.number}] {self.location} ({', '.join(shown)})"
 
 
 def sources_of(answer: Answer) -> tuple[SourceView, ...]:
-    return tuple(SourceView(c.number, c.location, c.score, c.text) for c in answer.citations)
+    return tuple(
+        SourceView(c.number, c.location, c.score, c.text, c.rerank_score) for c in answer.citations
+    )
 
 
 def highlight_passage(text: str, answer: str) -> str:
@@ -188,7 +207,10 @@ class RouteView:
 
 
 def details_markdown(
-    route: RouteView | None, stages: Sequence[StageReport], first_token_ms: float | None
+    route: RouteView | None,
+    stages: Sequence[StageReport],
+    first_token_ms: float | None,
+    sources: Sequence[SourceView] = (),
 ) -> str:
     lines = []
     if route is not None:
@@ -204,6 +226,14 @@ def details_markdown(
         for s in stages:
             detail = html.escape(s.detail).replace("|", "\\|")
             lines.append(f"| {s.name} | {s.status} | {s.ms:.1f} | {detail} |")
+    if sources:
+        # The raw scores, for whoever tunes retrieval (the source list shows rank and
+        # relevance). By number only: a location holds a document's own heading, and this
+        # panel is Markdown, where a heading could be written as an image to fetch.
+        lines.append("\n| source | retrieval score | reranker score |\n|---|---|---|")
+        for src in sources:
+            rerank = "—" if src.rerank_score is None else f"{src.rerank_score:.4f}"
+            lines.append(f"| [{src.number}] | {src.score:.4f} | {rerank} |")
     return "\n".join(lines) or "_No route: the question stopped before routing._"
 
 
