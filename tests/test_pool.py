@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 from openai import AsyncOpenAI
 
 from rag.compose import build_pool
-from rag.generator import ModelUnavailable, parse_vllm_load
+from rag.generator import ModelUnavailable, ReplicaLoad, parse_vllm_load
 from rag.pool import CircuitBreaker, ModelPool, PoolSaturated, Served
 from rag.schema import ChatMessage
 from rag.settings import ModelEndpoint, PoolSettings, Settings
@@ -56,15 +57,21 @@ async def collect(pool: ModelPool, model: str, max_tokens: int, served: list[Ser
     return "".join(parts)
 
 
-async def running_requests(server: VLLMServer, at_least: int) -> float:
-    """vLLM's own count of running requests, once it reaches `at_least` (or after 20 s)."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        for _ in range(80):
+async def vllm_load(server: VLLMServer, until: Callable[[ReplicaLoad], bool]) -> ReplicaLoad:
+    """vLLM's own load reading once `until` holds for it (or the last one after 120 s: a
+    server generating on a loaded CPU answers /metrics late)."""
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(timeout=60) as http:
+        while True:
             load = parse_vllm_load((await http.get(f"{server.root}/metrics")).text)
-            if load.running >= at_least:
-                break
+            if until(load) or time.monotonic() > deadline:
+                return load
             await asyncio.sleep(0.25)
-    return load.running
+
+
+async def running_requests(server: VLLMServer, at_least: int) -> float:
+    """vLLM's own count of running requests, once it reaches `at_least`."""
+    return (await vllm_load(server, lambda load: load.running >= at_least)).running
 
 
 def dead_url() -> str:
@@ -72,58 +79,64 @@ def dead_url() -> str:
 
 
 async def test_vllm_metrics_report_running_requests(servers: list[VLLMServer]) -> None:
-    client = AsyncOpenAI(base_url=servers[0].url, api_key="EMPTY")
-    request = asyncio.create_task(
-        client.chat.completions.create(
-            model="tiny",
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=120,
-            temperature=0.0,
-        )
-    )
-    running = await running_requests(servers[0], 1)
-    await request
+    async with held_busy(servers[0], 1):
+        running = await running_requests(servers[0], 1)
     assert running == 1.0
-    async with httpx.AsyncClient() as http:
-        idle = parse_vllm_load((await http.get(f"{servers[0].root}/metrics")).text)
+    idle = await vllm_load(servers[0], lambda load: load.running == load.waiting == 0)
     assert idle.running == 0.0 and idle.waiting == 0.0
+
+
+@asynccontextmanager
+async def held_busy(server: VLLMServer, requests: int) -> AsyncIterator[None]:
+    """Keep `requests` generations running on `server` (from another client than the pool)
+    until the block ends: each one that finishes is replaced at once, so the load lasts as
+    long as the test needs it, on a fast machine or a loaded one."""
+    other = AsyncOpenAI(base_url=server.url, api_key="EMPTY")
+    stop = asyncio.Event()
+
+    async def keep_one_running(number: int) -> None:
+        while not stop.is_set():
+            await other.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": f"q{number}"}],
+                max_tokens=1500,
+                temperature=0.0,
+            )
+
+    running = [asyncio.create_task(keep_one_running(i)) for i in range(requests)]
+    try:
+        yield
+    finally:
+        stop.set()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def test_a_new_request_goes_to_the_replica_vllm_reports_idle(
     provisioned: Settings, servers: list[VLLMServer]
 ) -> None:
-    # Another client (not this pool) keeps replica 0 busy; only vLLM's metrics show it.
-    other = AsyncOpenAI(base_url=servers[0].url, api_key="EMPTY")
-    busy = [
-        asyncio.create_task(
-            other.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": f"q{i}"}],
-                max_tokens=1500,
-                temperature=0.0,
+    async with held_busy(servers[0], 3):
+        assert await running_requests(servers[0], 3) == 3
+        # A server generating on a loaded CPU answers /metrics late (past the probe's
+        # timeout, which keeps the last reading): read until the pool has seen the load,
+        # which lasts for as long as this takes.
+        pool = build_pool(
+            pool_settings(
+                provisioned, {"tiny": tiny([s.url for s in servers])}, probe_timeout_s=30.0
             )
         )
-        for i in range(3)
-    ]
-    assert await running_requests(servers[0], 3) == 3
-    # A server generating on a loaded CPU answers /metrics late: this reading may wait.
-    pool = build_pool(
-        pool_settings(provisioned, {"tiny": tiny([s.url for s in servers])}, probe_timeout_s=30.0)
-    )
-    # On two cores a generating CPU server may answer /metrics only after a while, so
-    # read until the pool has seen the load (as running_requests did above).
-    for _ in range(60):
-        await pool.refresh()
-        if pool.models["tiny"].states[0].busyness >= 3:
-            break
-    assert pool.models["tiny"].states[0].busyness >= 3, pool.status()
-    # The choice is made from the readings the pool holds at this moment; later readings
-    # from a server this busy can arrive late and stale, so one request is the measure.
-    served: list[Served] = []
-    await collect(pool, "tiny", 8, served)
-    for request in busy:
-        request.cancel()
-    await asyncio.gather(*busy, return_exceptions=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            await pool.refresh()
+            if pool.models["tiny"].states[0].busyness >= 3:
+                break
+        assert pool.models["tiny"].states[0].busyness >= 3, pool.status()
+        # The choice is made from the readings the pool holds at this moment; later
+        # readings from a server this busy can arrive late and stale, so one request is
+        # the measure.
+        served: list[Served] = []
+        await collect(pool, "tiny", 8, served)
     assert served[0].where == servers[1].url, pool.status()
 
 
@@ -219,17 +232,21 @@ async def test_queued_requests_go_by_priority_then_arrival(
             while not condition():
                 await asyncio.sleep(0.01)
 
-    # The holder outlasts the arrivals by seconds, even on an idle, fast machine.
-    holder = asyncio.create_task(ask("holder", 0, 400))
-    await until(lambda: replicas.states[0].in_flight == 1)
+    # The holder keeps the replica's one slot for as long as the test does not read its
+    # stream on: the arrivals queue behind it however fast or slow the machine is.
+    holder = pool.stream("tiny", QUESTION, 40, 0.0, priority=0)
+    await anext(holder)
+    assert replicas.states[0].in_flight == 1
     late = []
     for queued, (name, priority) in enumerate(
         [("background", 9), ("urgent", 0), ("newcomer", 9)], start=1
     ):
         late.append(asyncio.create_task(ask(name, priority, 4)))
         await until(functools.partial(lambda n: len(replicas.queue) == n, queued))
-    assert not holder.done(), "the holder ended before all three queued: nothing was tested"
-    await asyncio.gather(holder, *late)
+    async for _ in holder:
+        pass
+    finished.append("holder")
+    await asyncio.gather(*late)
     assert finished == ["holder", "urgent", "background", "newcomer"]
 
 
@@ -245,14 +262,19 @@ async def test_a_full_queue_refuses_at_once_and_a_queued_request_waits_its_turn(
             queue_timeout_s=30,
         )
     )
-    first = asyncio.create_task(collect(pool, "tiny", 400, []))
-    await asyncio.sleep(0.3)
+    replicas = pool.models["tiny"]
+    # The first request keeps the one slot while its stream is not read on.
+    first = pool.stream("tiny", QUESTION, 40, 0.0)
+    await anext(first)
     queued = asyncio.create_task(collect(pool, "tiny", 8, []))
-    await asyncio.sleep(0.3)
+    async with asyncio.timeout(60):
+        while len(replicas.queue) < 1:
+            await asyncio.sleep(0.01)
     with pytest.raises(PoolSaturated, match="already queued"):
         await collect(pool, "tiny", 8, [])
     assert not queued.done(), "the queued request waits while the replica is full"
-    assert await first and await queued
+    rest = [delta async for delta in first]
+    assert rest and await queued
 
 
 async def test_killing_the_serving_replica_mid_answer_fails_over_and_continues(
