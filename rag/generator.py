@@ -378,6 +378,7 @@ class OpenAIReplica:
                 stream_options={"include_usage": True},
                 extra_body=extra or None,
             )
+            finished = False
             try:
                 async for event in response:  # type: ignore[union-attr]  # stream=True
                     if event.usage is not None and usage is not None:
@@ -386,6 +387,15 @@ class OpenAIReplica:
                         usage.completion_tokens += event.usage.completion_tokens
                     if event.choices and event.choices[0].delta.content:
                         yield event.choices[0].delta.content
+                    if event.choices and event.choices[0].finish_reason is not None:
+                        finished = True
+                if not finished:
+                    # A server killed mid-answer can close the connection cleanly (EOF, not
+                    # a reset): without a finish reason the answer is cut short, and the pool
+                    # must continue it elsewhere, not pass it on as whole.
+                    raise ReplicaFailed(
+                        f"{self.where}: the stream ended before the answer did (no finish_reason)"
+                    )
             finally:
                 # Closing the HTTP stream makes vLLM abort the request at once.
                 await response.close()  # type: ignore[union-attr]

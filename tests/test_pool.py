@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
+import openai
 import pytest
 from openai import AsyncOpenAI
 
@@ -96,12 +97,16 @@ async def held_busy(server: VLLMServer, requests: int) -> AsyncIterator[None]:
 
     async def keep_one_running(number: int) -> None:
         while not stop.is_set():
-            await other.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": f"q{number}"}],
-                max_tokens=1500,
-                temperature=0.0,
-            )
+            try:
+                await other.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": f"q{number}"}],
+                    max_tokens=1500,
+                    temperature=0.0,
+                )
+            except openai.APIError:
+                # A loaded server may time a request out: the load goes on with the next.
+                await asyncio.sleep(0.1)
 
     running = [asyncio.create_task(keep_one_running(i)) for i in range(requests)]
     try:
@@ -129,9 +134,11 @@ async def test_a_new_request_goes_to_the_replica_vllm_reports_idle(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             await pool.refresh()
-            if pool.models["tiny"].states[0].busyness >= 3:
+            if pool.models["tiny"].states[0].busyness >= 1:
                 break
-        assert pool.models["tiny"].states[0].busyness >= 3, pool.status()
+        # The pool sent replica 0 nothing (in-flight 0): what it reads is vLLM's own count.
+        assert pool.models["tiny"].states[0].in_flight == 0
+        assert pool.models["tiny"].states[0].busyness >= 1, pool.status()
         # The choice is made from the readings the pool holds at this moment; later
         # readings from a server this busy can arrive late and stale, so one request is
         # the measure.
@@ -286,9 +293,13 @@ async def test_killing_the_serving_replica_mid_answer_fails_over_and_continues(
     received: list[str] = []
     victim: VLLMServer | None = None
     started = time.monotonic()
-    async for delta in pool.stream("tiny", QUESTION, 200, 0.0, served=served):
+    # Long enough that the victim is still generating when it is killed: with 200 tokens a
+    # loaded client read the whole answer from the socket's buffer after the kill.
+    async for delta in pool.stream("tiny", QUESTION, 600, 0.0, served=served):
         received.append(delta)
-        if len(received) == 20:
+        # At the first delta: the victim cannot have sent the rest yet, however slowly this
+        # loaded client reads (after 20 deltas it once had, from the socket buffer).
+        if len(received) == 1:
             busiest = max(pool.models["tiny"].states, key=lambda s: s.in_flight)
             victim = next(s for s in servers if s.url == busiest.replica.where)
             victim.kill()
