@@ -10,21 +10,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 
 from rag.settings import Settings
 from tests.conftest import EXAMPLES, ROOT
+from tests.guardrag_processes import guardrag_server, run_cli
 from ui.auth import hash_password
 from ui.history import HistoryStore, StoredTurn
 from ui.render import AnswerView
@@ -71,24 +68,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_cli(args: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ui.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-
 def _seed_hostile_history(data_dir: Path) -> None:
     """A stored answer holding markup, as a model might have written it."""
     history = HistoryStore(data_dir / "history.sqlite")
@@ -126,34 +105,10 @@ def served(provisioned: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
         "GUARDRAG_RETRIEVAL__FLAGGED_CHUNKS": "fence",
         "COLUMNS": "200",
     }
-    _run_cli(["ingest", str(EXAMPLES)], env)
+    run_cli(["ingest", str(EXAMPLES)], env)
     _seed_hostile_history(data_dir)
-    port = _free_port()
-    log = data_dir / "chat.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ui.cli", "chat", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                httpx.get(url, timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(1)
-        assert server.poll() is None, f"the chat exited: {log.read_text()[-2000:]}"
+    with guardrag_server("chat", env, data_dir / "chat.log") as url:
         yield Served(url, data_dir)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.fixture(scope="module")

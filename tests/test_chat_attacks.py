@@ -22,6 +22,7 @@ import pytest
 from rag.settings import Settings
 from tests.conftest import EXAMPLES, ROOT
 from tests.gradio_wire import GradioWire
+from tests.guardrag_processes import guardrag_server, run_cli
 from tests.vllm_servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -68,41 +69,10 @@ def served(provisioned: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     data_dir = tmp_path_factory.mktemp("attack-data")
     gradio_dir = tmp_path_factory.mktemp("attack-gradio")
     env = _env(data_dir, gradio_dir)
-    ingested = subprocess.run(
-        [sys.executable, "-m", "ui.cli", "ingest", str(EXAMPLES)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ingested.returncode == 0, ingested.stderr[-2000:]
-    port = free_port()
+    run_cli(["ingest", str(EXAMPLES)], env)
     log = data_dir / "serve.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ui.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                httpx.get(f"{url}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(1)
-        assert server.poll() is None, log.read_text()[-3000:]
+    with guardrag_server("serve", env, log, ready_path="/healthz") as url:
         yield Served(url, data_dir, gradio_dir, log)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _file(path: str | Path, name: str = "x.md") -> dict[str, Any]:
