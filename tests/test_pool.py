@@ -50,6 +50,10 @@ def pool_settings(settings: Settings, models: dict[str, ModelEndpoint], **pool: 
 
 
 def tiny(urls: list[str], **fields: object) -> ModelEndpoint:
+    # A replica on a loaded CI machine (two vLLM servers and a held load on two cores) can
+    # take over a minute to its first token; these tests fail replicas over by killing them
+    # or pointing at dead ports, never by that timeout, so it must not fire by accident.
+    fields.setdefault("timeout_s", 600.0)
     return ModelEndpoint(model="tiny", backend="openai", urls=tuple(urls), **fields)  # type: ignore[arg-type]
 
 
