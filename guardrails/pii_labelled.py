@@ -33,11 +33,14 @@ _LABELS: dict[str, str] = {
 }
 # "is", "was" or a few characters of punctuation, or a short tag ("DL:", "ACC:"), between
 # label and value; the value has a digit and no lower-case letters, so plain words after a
-# label never match.
+# label never match; digit groups after a space continue it.
 _VALUE = (
     r"(?i:\s+(?:is|was|are|were))?"
     r"[\s:#'\"‘“(=-]{0,4}(?:[A-Z]{2,8}\s?:\s?)?"
-    r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,24}[A-Z0-9])(?![A-Za-z0-9])"
+    r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,24}[A-Z0-9]"
+    # Digit groups that continue it after a space belong to it: an Aadhaar number is written
+    # `4821 7730 1190`, and hiding only `4821` would leave eight of its twelve digits.
+    r"(?:[ ]\d{2,6}(?![A-Za-z0-9-])){0,5})(?![A-Za-z0-9])"
 )
 # Above the shape guesses it overlaps (a 10-digit account number is also a phone number at
 # 0.75; spaCy calls "MORGA753116SM9IJ" a person at 0.85): the label says which it is.

@@ -10,17 +10,29 @@ import atexit
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 from guardrails.audit import AuditLog
-from guardrails.injection import InjectionDetector, InjectionRules, LayerThresholds
+from guardrails.canary import SystemPromptLeakGuard
+from guardrails.injection import (
+    EmbeddingHead,
+    HeadWeights,
+    InjectionDetector,
+    InjectionRules,
+    LayerThresholds,
+    head_folder,
+)
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import ExemplarSimilarity, load_bank
 from guardrails.injection_learned import LearnedInjectionScorer
 from guardrails.llama_guard import LlamaGuard
 from guardrails.pii import PresidioPII
-from rag.cache import AnswerCache
+from guardrails.registry import GuardEntry, PolicedGuard, PresidioGuard
+from guardrails.secrets import SecretsGuard
+from guardrails.verdict import CheckedAs
+from rag.cache import AnswerCache, RedisAnswerCache
 from rag.embedder import SentenceEmbedder
 from rag.generator import ModelUnavailable, OpenAIReplica, Replica, VLLMInProcess
 from rag.guard_check import GuardChecker
@@ -29,7 +41,16 @@ from rag.pipeline import Pipeline, Stages
 from rag.pool import ModelPool, ModelReplicas
 from rag.reranker import CrossEncoderReranker
 from rag.router import TaskRouter, router_from_settings
-from rag.settings import Device, ModelEndpoint, Precision, Settings, TelemetrySettings
+from rag.settings import (
+    Device,
+    GuardPolicy,
+    ModelEndpoint,
+    Precision,
+    Settings,
+    SettingsError,
+    TelemetrySettings,
+)
+from rag.shared_state import redis_client
 from rag.store import CollectionInfo, EdgeStore, ServerStore, Store, StoreError
 from rag.telemetry import AllTelemetry, OpenTelemetrySpans, PrometheusTelemetry, Telemetry
 
@@ -78,32 +99,51 @@ def build_embedder(settings: Settings) -> SentenceEmbedder:
 
 @functools.cache
 def _pii(
-    package: str, entities: tuple[str, ...], threshold: float, patterns: tuple[tuple[str, str], ...]
+    package: str,
+    entities: tuple[str, ...],
+    threshold: float,
+    patterns: tuple[tuple[str, str], ...],
+    names_lookup: Path | None,
 ) -> PresidioPII:
-    return PresidioPII(package, entities, threshold, dict(patterns))
+    return PresidioPII(package, entities, threshold, dict(patterns), names_lookup=names_lookup)
 
 
 def build_pii(settings: Settings) -> PresidioPII:
+    from guardrails.pii_names import LOOKUP_FILE
+
     cfg = settings.guards.pii
     # An absent spaCy package still builds a guard: it reports `unavailable` and policy decides.
     package = resolve_spacy_package(cfg.spacy_model) or cfg.spacy_model
+    # Derived from the installed names-dataset on first use, once per models directory.
+    names_lookup = settings.models_dir / LOOKUP_FILE if cfg.name_gazetteer else None
     return _pii(
-        package, cfg.entities, cfg.score_threshold, tuple(sorted(cfg.custom_patterns.items()))
+        package,
+        cfg.entities,
+        cfg.score_threshold,
+        tuple(sorted(cfg.custom_patterns.items())),
+        names_lookup,
     )
 
 
 def build_injection(settings: Settings) -> InjectionDetector:
     cfg = settings.guards.injection
+    notes: list[str] = []
     semantic = None
     if cfg.semantic:
         embedder = build_embedder(settings)
         semantic = _exemplar_layer(embedder, settings.data_dir / "cache")
+    head = None
+    if cfg.head:
+        head, note = _head_layer(settings)
+        notes += [note] if note else []
     learned = _learned_layer() if cfg.learned else None
-    classifier, notes = None, ""
+    classifier = None
     if cfg.classifier_model:
         path = resolve_model(cfg.classifier_model, settings.models_dir)
         if path is None:
-            notes = f"classifier {_shown_model_name(cfg.classifier_model)} not on disk (layer off)"
+            notes.append(
+                f"classifier {_shown_model_name(cfg.classifier_model)} not on disk (layer off)"
+            )
         else:
             classifier = _classifier(cfg.classifier_model, path)
     thresholds = LayerThresholds(
@@ -111,10 +151,32 @@ def build_injection(settings: Settings) -> InjectionDetector:
         semantic=cfg.semantic_threshold,
         classifier=cfg.classifier_threshold,
         learned=cfg.learned_threshold,
+        head_question=cfg.head_question_threshold,
+        head_turn=cfg.head_turn_threshold,
+        head_chunk=cfg.head_chunk_threshold,
     )
     return InjectionDetector(
-        InjectionRules(), semantic, classifier, thresholds, notes, learned=learned
+        InjectionRules(), semantic, classifier, thresholds, "; ".join(notes), learned, head
     )
+
+
+def _head_layer(settings: Settings) -> tuple[EmbeddingHead | None, str]:
+    """The injection head trained for the profile's embedder, or why it is off."""
+    folder = head_folder(settings.models_dir, settings.embedder.model)
+    try:
+        weights = _head_weights(folder)
+    except FileNotFoundError:
+        return None, (
+            f"injection head for {_shown_model_name(settings.embedder.model)} not trained "
+            "(layer off): run `guardrag models pull`"
+        )
+    embedder = build_embedder(settings)
+    return EmbeddingHead(weights, embedder.embed_query, embedder.embed_documents), ""
+
+
+@functools.cache
+def _head_weights(folder: Path) -> HeadWeights:
+    return HeadWeights.load(folder)
 
 
 @functools.cache
@@ -225,7 +287,9 @@ def build_pool(settings: Settings) -> ModelPool:
     models = settings.generation.models
     return ModelPool(
         {
-            name: ModelReplicas(name, build_replicas(settings, name, endpoint), limits)
+            name: ModelReplicas(
+                name, build_replicas(settings, name, endpoint), limits, endpoint.decoding
+            )
             for name, endpoint in models.items()
         },
         {name: endpoint.fallbacks for name, endpoint in models.items()},
@@ -279,6 +343,55 @@ def _missing_for_users(model_id: str, models_dir: Path, role: str) -> str:
     )
 
 
+# Every guard, by the name its settings section (`guards.<name>`) and verdicts use: how it is
+# built, which texts it checks, and its policy where the profile names none. List order is
+# run order: for each text, guards whose policy redacts run in this order, each on the text
+# the one before left, and the first blocking verdict is the one the asker is told about.
+GUARDS: dict[str, GuardEntry[Settings]] = {
+    "injection": GuardEntry(lambda s: build_injection(s), ("question", "chunk")),
+    "secrets": GuardEntry(
+        lambda _: SecretsGuard(), ("question", "chunk", "answer"), GuardPolicy(on_flag="redact")
+    ),
+    "pii": GuardEntry(lambda s: PresidioGuard(build_pii(s)), ("question",)),
+    "system_prompt_leak": GuardEntry(lambda _: SystemPromptLeakGuard(), ("answer",)),
+    "llama_guard": GuardEntry(lambda s: build_output_guard(s), ("answer",)),
+}
+
+
+def _answer_policy(policy: GuardPolicy) -> GuardPolicy:
+    # An answer is shown while it streams: what a guard would redact in it is retracted.
+    if policy.on_flag == "redact":
+        return policy.model_copy(update={"on_flag": "block"})
+    return policy
+
+
+def build_guards(settings: Settings, checked_as: CheckedAs) -> tuple[PolicedGuard, ...]:
+    """The guards that check one kind of text, each with its policy, in registry order."""
+    configure_runtime(settings)
+    cfg = settings.guards
+    sections = {*(cfg.model_extra or {}), *cfg.off}
+    unknown = sorted(sections - set(GUARDS) - {"output"})
+    if unknown:
+        raise SettingsError(
+            f"guards.{unknown[0]} names no guard; registered guards: {', '.join(GUARDS)}"
+        )
+    guards = []
+    for name, entry in GUARDS.items():
+        if checked_as not in entry.checks or name in cfg.off:
+            continue
+        default = entry.default_policy
+        policy = cfg.policy_for(name, default if isinstance(default, GuardPolicy) else None)
+        if checked_as == "answer":
+            policy = _answer_policy(policy)
+        if checked_as == "chunk" and isinstance(default, GuardPolicy):
+            # At ingest the registry's policy holds: a document's secrets are stored redacted
+            # whatever a question's policy says (block would drop them from nowhere, warn
+            # would store them as they are).
+            policy = default
+        guards.append(PolicedGuard(entry.build(settings), policy))
+    return tuple(guards)
+
+
 def build_reranker(settings: Settings) -> tuple[CrossEncoderReranker | None, str]:
     cfg = settings.reranker
     if not cfg.enabled:
@@ -299,6 +412,10 @@ def build_router(
     )
 
 
+def build_audit(settings: Settings) -> AuditLog:
+    return AuditLog(settings.audit_path, sys.stdout if settings.telemetry.audit_stdout else None)
+
+
 @functools.cache
 def prometheus_metrics() -> PrometheusTelemetry:
     """One metrics registry per process: every pipeline in it adds to the same counters."""
@@ -317,6 +434,8 @@ def build_cache(settings: Settings) -> AnswerCache | None:
     cfg = settings.cache
     if not cfg.enabled:
         return None
+    if cfg.url is not None:  # shared by every process pointed at the same Redis
+        return RedisAnswerCache(redis_client(cfg.url), cfg.ttl_s, cfg.semantic_threshold)
     return AnswerCache(cfg.ttl_s, cfg.max_entries, cfg.semantic_threshold)
 
 
@@ -338,14 +457,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
     stages = Stages(
         embedder=embedder,
         store=store,
-        pii=build_pii(settings),
-        injection=build_injection(settings),
-        output_guard=build_output_guard(settings),
+        input_guards=build_guards(settings, "question"),
+        output_guards=build_guards(settings, "answer"),
         reranker=reranker,
         reranker_missing=reranker_missing,
         router=router,
         pool=pool,
-        audit=AuditLog(settings.audit_path),
+        audit=build_audit(settings),
         telemetry=_telemetry(settings.telemetry),
         cache=build_cache(settings),
     )
@@ -366,8 +484,6 @@ def start_engines(pipeline: Pipeline) -> None:
 def build_guard_checker(settings: Settings) -> GuardChecker:
     configure_runtime(settings)
     return GuardChecker(
-        pii=build_pii(settings),
-        injection=build_injection(settings),
-        output_guard=build_output_guard(settings),
-        settings=settings.guards,
+        {kind: build_guards(settings, kind) for kind in ("question", "chunk", "answer")},
+        settings.generation.system_prompt,
     )

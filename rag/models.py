@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Role = Literal["embedder", "reranker", "generator", "output_guard", "ner"]
 
@@ -170,7 +173,8 @@ def profile_models(settings: Settings) -> list[tuple[Role, str]]:
 
 
 def pull(settings: Settings, report: Callable[[str], None] = print) -> list[ModelStatus]:
-    """Provision every model the profile names that can be provisioned offline."""
+    """Provision every model the profile names that can be provisioned offline, then train
+    the injection head for the profile's embedder when it has none."""
     for role, model_id in profile_models(settings):
         if role == "ner":
             continue
@@ -178,7 +182,70 @@ def pull(settings: Settings, report: Callable[[str], None] = print) -> list[Mode
             target = settings.models_dir / model_slug(model_id)
             report(f"converting {model_id} from {_CONVERTED[model_id]} into {target} …")
             convert_smollm2(target)
+    if settings.guards.pii.name_gazetteer:
+        from guardrails.pii_names import LOOKUP_FILE, build_lookup
+
+        lookup = settings.models_dir / LOOKUP_FILE
+        if not lookup.exists():
+            # Built here rather than at the first question (a minute and 1.2 GB once).
+            report(f"deriving the PII name lookup from names-dataset into {lookup} …")
+            build_lookup(lookup)
+    embedder_here = resolve_model(settings.embedder.model, settings.models_dir) is not None
+    if (
+        settings.guards.injection.head
+        and embedder_here
+        and not injection_head_path(settings).exists()
+    ):
+        try:
+            train_injection_head(settings, report)
+        except ModelMissing as exc:
+            # The corpora are missing: the rest of the pull stands, the head stays off and
+            # every injection verdict says so.
+            report(f"injection head not trained: {exc}")
     return list_models(settings, try_load=False)
+
+
+def injection_head_path(settings: Settings) -> Path:
+    from guardrails.injection.head import WEIGHTS_FILE, head_folder
+
+    return head_folder(settings.models_dir, settings.embedder.model) / WEIGHTS_FILE
+
+
+def train_injection_head(
+    settings: Settings, report: Callable[[str], None] = print, seed: int | None = None
+) -> Path:
+    """Trains the injection head for the profile's embedder (guardrails/injection/
+    train_head.py) and writes it, with its model card, into the models folder."""
+    from guardrails.injection.corpora import CorporaMissing
+    from guardrails.injection.head import head_folder
+    from guardrails.injection.train_head import SEED, save, train
+    from rag.compose import build_embedder
+
+    embedder = build_embedder(settings)
+    folder = head_folder(settings.models_dir, settings.embedder.model)
+    report(f"training the injection head for {settings.embedder.model} into {folder} …")
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        # A line every 64 batches (about 2,000 texts): the embedding is minutes of the run.
+        return embedder.embed_documents(
+            texts,
+            on_progress=lambda done: report(f"embedded {done} of {len(texts)} texts"),
+            batches_per_report=64,
+        )
+
+    try:
+        run = train(
+            settings.embedder.model,
+            embed,
+            SEED if seed is None else seed,
+            report=report,
+            vector_cache=settings.data_dir / "cache" / f"injection-head-vectors-{folder.name}.npz",
+        )
+    except CorporaMissing as exc:
+        raise ModelMissing(str(exc)) from exc
+    save(folder, run.weights)
+    report(f"trained in {run.seconds:.0f} s; thresholds {run.weights.thresholds}")
+    return folder
 
 
 def list_models(settings: Settings, try_load: bool = True) -> list[ModelStatus]:

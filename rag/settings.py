@@ -9,7 +9,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -101,6 +108,20 @@ class RerankerSettings(_Section):
     precision: Precision = "float32"
 
 
+class Decoding(_Section):
+    """How one model decodes. A small model answering greedily loops (the same sentence four
+    times); a large one needs none of this, so it is per model, not global."""
+
+    # vLLM's sampling options; 1.0 and 0.0 leave the model's distribution as it is.
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    stop: tuple[str, ...] = ()
+    # A cap on this model's answers below generation.max_tokens (None: no cap of its own).
+    max_tokens: int | None = Field(default=None, ge=1)
+    # End the answer where it starts a sentence it has already written (rag/decoding.py).
+    cut_repeated_sentence: bool = False
+
+
 class ModelEndpoint(_Section):
     """One generation model: served in-process by vLLM, or by vLLM OpenAI servers (one URL
     per replica)."""
@@ -115,6 +136,7 @@ class ModelEndpoint(_Section):
     connect_timeout_s: float = 2.0
     # Models (names in generation.models) that answer when every replica of this one fails.
     fallbacks: tuple[str, ...] = ()
+    decoding: Decoding = Decoding()
 
 
 class PoolSettings(_Section):
@@ -167,7 +189,10 @@ class RouterSettings(_Section):
 class GenerationSettings(_Section):
     models: dict[str, ModelEndpoint] = Field(
         default_factory=lambda: {
-            "smollm2": ModelEndpoint(model="HuggingFaceTB/SmolLM2-135M-Instruct"),
+            "smollm2": ModelEndpoint(
+                model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                decoding=Decoding(cut_repeated_sentence=True),
+            ),
         }
     )
     pool: PoolSettings = PoolSettings()
@@ -193,6 +218,9 @@ class PIISettings(_Section):
         "IP_ADDRESS",
         "LOCATION",
         "URL",
+        # A date after a birth label; a UK National Insurance number (guardrails/pii_personal.py).
+        "DATE_OF_BIRTH",
+        "UK_NINO",
         # Found by the label in front of them (guardrails/pii_labelled.py).
         "US_BANK_NUMBER",
         "US_DRIVER_LICENSE",
@@ -207,12 +235,24 @@ class PIISettings(_Section):
     chunks: Literal["keep", "pseudonymise", "redact"] = "keep"
     # Organisation-specific identifiers, e.g. {"EMPLOYEE_ID": "\\bEMP-\\d{6}\\b"}.
     custom_patterns: dict[str, str] = Field(default_factory=dict)
+    # Given names and surnames of 100+ countries (guardrails/pii_names.py), for the names
+    # spaCy's small English model misses; a compact lookup is derived once into models_dir.
+    name_gazetteer: bool = True
 
 
 class InjectionSettings(_Section):
     policy: GuardPolicy = GuardPolicy(on_flag="block", on_unavailable="block")
-    # Each layer flags on its own threshold (scores are 0..1).
+    # Each layer has its own threshold (scores are 0..1); the detector fuses them into one
+    # score per verdict (guardrails/injection/detector.py).
     rules_threshold: float = 0.5
+    # Logistic regression on the embedder's sentence vectors, trained per embedder by
+    # `guardrag models train injection` (run by `guardrag models pull`) into the models
+    # folder. Thresholds per use (questions, earlier turns, chunks at ingest) come from its
+    # training run, calibrated on held-out benign text; a value here overrides one.
+    head: bool = True
+    head_question_threshold: float | None = None
+    head_turn_threshold: float | None = None
+    head_chunk_threshold: float | None = None
     # Logistic regression over hashed n-grams and the rules' evidence, trained on the project's
     # own banks (`python -m guardrails.train_injection`; about 1.5 ms a check). Off by default:
     # it ranks better than the rules (development-set ROC AUC 0.84 vs 0.80), but at this
@@ -242,10 +282,47 @@ class OutputGuardSettings(_Section):
     window_chars: int = 240
 
 
+class GuardSettings(_Section):
+    """A guard's section when the guard needs nothing but its policy (`guards.<name>`)."""
+
+    policy: GuardPolicy | None = None
+
+
 class GuardsSettings(_Section):
+    """One section per guard, by the name it is registered under (rag/compose.py GUARDS);
+    Llama Guard's is `output`, as profiles have always called it. A guard without settings
+    of its own takes a `GuardSettings` section; unknown names are refused when guards are
+    built, with the registered names."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     pii: PIISettings = PIISettings()
     injection: InjectionSettings = InjectionSettings()
     output: OutputGuardSettings = OutputGuardSettings()
+    # Registered guards that do not run, e.g. [system_prompt_leak].
+    off: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _sections_of_other_guards(self) -> GuardsSettings:
+        for name, section in (self.model_extra or {}).items():
+            if not isinstance(section, GuardSettings):
+                try:
+                    self.model_extra[name] = GuardSettings.model_validate(section)  # type: ignore[index]
+                except ValidationError as exc:
+                    raise ValueError(f"guards.{name}: {exc}") from exc
+        return self
+
+    def section(self, name: str) -> BaseModel | None:
+        """The settings section of the guard registered as `name`, if the profile has one."""
+        key = "output" if name == "llama_guard" else name
+        if key in type(self).model_fields and key != "off":
+            return getattr(self, key)  # type: ignore[no-any-return]
+        return (self.model_extra or {}).get(key)
+
+    def policy_for(self, name: str, default: GuardPolicy | None = None) -> GuardPolicy:
+        section = self.section(name)
+        policy = getattr(section, "policy", None)
+        return policy or default or GuardPolicy()
 
 
 # Names that mean something besides a user: the shared collection, the single-user mode's user
@@ -305,6 +382,15 @@ class ChatSettings(_Section):
         return users
 
 
+class HistorySettings(_Section):
+    """Where chat history and feedback live (ui/history.py)."""
+
+    # A database URL (postgresql://user:password@host:5432/guardrag) that every pod shares;
+    # None: a SQLite file in data_dir, for one process. The schema is created and migrated
+    # on start either way.
+    url: str | None = None
+
+
 class CacheSettings(_Section):
     """Answers reused for a repeated (or, over the threshold, paraphrased) question that
     retrieved the same chunks, per user; never for questions or passages holding PII."""
@@ -316,6 +402,9 @@ class CacheSettings(_Section):
     # Off by default: with all-MiniLM-L6-v2, "minimum password length?" and "maximum password
     # length?" score 0.953 and retrieve the same chunks, above a true paraphrase's 0.95.
     semantic_threshold: float | None = None
+    # A Redis URL (redis://host:6379/0): entries shared by every pod, expired by Redis;
+    # None: in this process's memory (max_entries bounds only that one).
+    url: str | None = None
 
 
 class ApiSettings(_Section):
@@ -327,6 +416,9 @@ class ApiSettings(_Section):
     # From the environment as JSON: GUARDRAG_API__KEYS='["key-one", "key-two"]'.
     keys: tuple[str, ...] = ()
     rate_limit: str = "60/minute"  # per key, in the `limits` library's notation
+    # Where the counts live, as a `limits` storage URI: memory:// counts per process, so
+    # each pod grants the rate again; redis://host:6379/1 counts a key across every pod.
+    rate_limit_storage: str = "memory://"
     # Requests answered at once; past it, 503 at once instead of an ever longer wait.
     max_concurrent: int = 16
     # Queue priority of API requests when every replica is busy; the chat's is 0 (first).
@@ -349,6 +441,9 @@ class TelemetrySettings(_Section):
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = None
     service_name: str = "guardrag"
+    # Each audit line also to stdout as JSON, where a cluster's log pipeline collects it
+    # (off on a laptop: `guardrag ask --json` prints one JSON document there).
+    audit_stdout: bool = False
 
 
 def _default_data_dir() -> Path:
@@ -382,6 +477,7 @@ class Settings(BaseSettings):
     guards: GuardsSettings = GuardsSettings()
     chat: ChatSettings = ChatSettings()
     cache: CacheSettings = CacheSettings()
+    history: HistorySettings = HistorySettings()
     api: ApiSettings = ApiSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
@@ -410,8 +506,9 @@ class Settings(BaseSettings):
         return self.data_dir / "audit.jsonl"
 
     @property
-    def history_path(self) -> Path:
-        return self.data_dir / "history.sqlite"
+    def history_path(self) -> Path | str:
+        """The history database: `history.url` when one is set, else a SQLite file."""
+        return self.history.url or self.data_dir / "history.sqlite"
 
 
 def available_profiles() -> list[str]:

@@ -21,8 +21,11 @@ def test_name_email_and_phone_become_placeholders(pii: PresidioPII) -> None:
     text = "I am Ada Lovelace, write to ada.lovelace@example.com or call +44 20 7946 0101."
     sanitized, findings = pii.pseudonymise(text, vault)
     assert "Ada Lovelace" not in sanitized and "ada.lovelace@example.com" not in sanitized
+    # No digit group of the phone number may pass, not only the whole of it.
+    assert not any(group in sanitized for group in ("7946", "0101", "+44 20"))
     assert "<PERSON_1>" in sanitized and "<EMAIL_ADDRESS_1>" in sanitized
-    assert {f.entity_type for f in findings} >= {"PERSON", "EMAIL_ADDRESS"}
+    assert "<PHONE_NUMBER_1>" in sanitized
+    assert {f.entity_type for f in findings} >= {"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER"}
     assert vault.restore(sanitized) == text
 
 
@@ -93,3 +96,50 @@ def test_card_numbers_and_ibans_are_hidden_even_when_their_checksum_fails(pii: P
     assert "9876" not in sanitized and "7890" not in sanitized and "TRIO" not in sanitized
     assert [f.entity_type for f in findings].count("CREDIT_CARD") == 2
     assert vault.restore(sanitized) == text
+
+
+def test_an_address_is_hidden_whole_not_only_the_city_in_it(pii: PresidioPII) -> None:
+    vault = PseudonymVault()
+    text = "Please send it to 12 Rue de Rivoli, 75001 Paris before Friday."
+    sanitized, findings = pii.pseudonymise(text, vault)
+    assert sanitized == "Please send it to <LOCATION_1> before Friday."
+    assert [f.entity_type for f in findings] == ["LOCATION"]
+    assert vault.restore(sanitized) == text
+
+
+def test_a_birth_date_is_hidden_and_other_dates_are_not(pii: PresidioPII) -> None:
+    born = pii.find("My DOB is 12/05/1980, can you confirm my account?")
+    assert [f.entity_type for f in born] == ["DATE_OF_BIRTH"]
+    assert pii.find("The invoice dated 12/05/2024 is due in 30 days.") == []
+
+
+def test_a_phone_number_without_a_context_word_is_found_by_its_shape(pii: PresidioPII) -> None:
+    text = "Details: 0151 496 0123 / +46 (0)8 123 456 78"
+    found = [(f.entity_type, text[f.start : f.end]) for f in pii.find(text)]
+    assert found == [
+        ("PHONE_NUMBER", "0151 496 0123"),
+        ("PHONE_NUMBER", "+46 (0)8 123 456 78"),
+    ]
+
+
+def test_an_order_number_alone_is_not_taken_for_a_phone_number(pii: PresidioPII) -> None:
+    assert pii.find("Order 5521093384 shipped on Tuesday.") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please book the Atlas Room for the May Report review.",
+        "The Rose Garden tour starts at the North Gate.",
+        "Can the Marketing team expense a Spotify subscription?",
+        "Send the Travel Policy to the Help Desk before Christmas.",
+    ],
+)
+def test_capitalised_words_that_are_also_names_are_not_people(pii: PresidioPII, text: str) -> None:
+    assert "PERSON" not in {f.entity_type for f in pii.find(text)}
+
+
+def test_a_name_with_its_own_script_is_hidden_whole(pii: PresidioPII) -> None:
+    vault = PseudonymVault()
+    sanitized, _ = pii.pseudonymise("Zhang Wei (张伟) and Siobhan Ní Bhriain signed.", vault)
+    assert sanitized == "<PERSON_1> and <PERSON_2> signed."

@@ -25,7 +25,8 @@ def pii(provisioned: Settings) -> PresidioPII:
         ),
         ("Her passport number is X4432178 and expires in May.", "US_PASSPORT", "X4432178"),
         ("The PAN card number 'QWERT1234Z' was in the log.", "IN_PAN", "QWERT1234Z"),
-        ("Aadhaar number: 4821 7730 1190 was typed in full.", "IN_AADHAAR", "4821"),
+        # The whole number: a span over "4821" alone left eight of its twelve digits in clear.
+        ("Aadhaar number: 4821 7730 1190 was typed in full.", "IN_AADHAAR", "4821 7730 1190"),
     ],
 )
 def test_a_labelled_identifier_is_found_with_its_own_span(
