@@ -17,17 +17,17 @@ import asyncio
 import json
 import sys
 import tempfile
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals.pii import pii_scores
 from evals.progress import Advance
-from evals.scoring import Curve, Rates, precision_recall, rates, roc, sweep
-from guardrails.injection import InjectionDetector
+from evals.scoring import Curve, Rates, percentile, precision_recall, rates, roc, sweep
+from guardrails.injection import FLAG_AT, InjectionDetector
 from guardrails.llama_guard import LlamaGuard
-from guardrails.pii import PresidioPII
 from guardrails.verdict import GuardContext
 from rag.compose import build_injection, build_pii
 from rag.settings import load_settings
@@ -38,74 +38,6 @@ SWEEP_THRESHOLDS = tuple(step / 20 for step in range(1, 20))
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
-
-
-# ---------------------------------------------------------------- PII
-
-
-def _overlaps(start: int, end: int, other_start: int, other_end: int) -> bool:
-    return start < other_end and other_start < end
-
-
-def pii_scores(
-    guard: PresidioPII, rows: Iterable[dict[str, Any]], advance: Advance | None = None
-) -> dict[str, dict[str, float]]:
-    """Per entity type, and `micro` over all of them: a prediction is right when it overlaps a
-    gold span of its type; a gold span is found when a prediction of its type overlaps it."""
-    true_pos: Counter[str] = Counter()
-    predicted: Counter[str] = Counter()
-    gold_found: Counter[str] = Counter()
-    gold: Counter[str] = Counter()
-    for row in rows:
-        findings = guard.find(row["text"])
-        spans = row["entities"]
-        for entity in spans:
-            gold[entity["type"]] += 1
-            if any(
-                f.entity_type == entity["type"]
-                and _overlaps(f.start, f.end, entity["start"], entity["end"])
-                for f in findings
-            ):
-                gold_found[entity["type"]] += 1
-        for f in findings:
-            predicted[f.entity_type] += 1
-            if any(
-                e["type"] == f.entity_type and _overlaps(f.start, f.end, e["start"], e["end"])
-                for e in spans
-            ):
-                true_pos[f.entity_type] += 1
-        if advance is not None:
-            advance()
-    scores: dict[str, dict[str, float]] = {}
-    for entity_type in sorted(set(gold) | set(predicted)):
-        pr = precision_recall(
-            true_pos[entity_type],
-            predicted[entity_type],
-            gold_found[entity_type],
-            gold[entity_type],
-        )
-        scores[entity_type] = {
-            "precision": round(pr.precision, 4),
-            "recall": round(pr.recall, 4),
-            "f1": round(pr.f1, 4),
-            "gold": gold[entity_type],
-            "predicted": predicted[entity_type],
-        }
-    # Micro scores count only types the set labels: a type with no gold rows (Presidio's
-    # DATE_TIME, say) has no right answers to be measured against.
-    labelled = [t for t in scores if gold[t]]
-    micro = precision_recall(
-        sum(true_pos[t] for t in labelled),
-        sum(predicted[t] for t in labelled),
-        sum(gold_found[t] for t in labelled),
-        sum(gold[t] for t in labelled),
-    )
-    scores["micro"] = {
-        "precision": round(micro.precision, 4),
-        "recall": round(micro.recall, 4),
-        "f1": round(micro.f1, 4),
-    }
-    return scores
 
 
 # ---------------------------------------------------------------- injection
@@ -119,15 +51,34 @@ class LayerCurve:
     sweep: tuple[tuple[float, Rates], ...]
 
 
+# A kind (or source) and the rate at which a decision flags it: "tpr" for attacks, "fpr" for
+# benign text, with the number of rows.
+KindRates = dict[str, tuple[str, float, int]]
+# What each layer and the fusion ("fused") scored: ROC, sweep and per-kind rates share them.
+FUSED = "fused"
+
+
 @dataclass(frozen=True)
 class InjectionScores:
     decision: Rates
     attacks: int
     benign: int
-    # Attack kinds map to their TPR, benign kinds to their FPR.
-    by_kind: dict[str, tuple[str, float, int]]
+    # The fused verdict's rates per kind.
+    by_kind: KindRates
+    # Each layer's and the fusion's score swept over thresholds, with its ROC.
     layers: tuple[LayerCurve, ...]
     notes: str
+    # Each layer alone at its own threshold for the use, and the fusion, per kind.
+    layer_by_kind: dict[str, KindRates] = field(default_factory=dict)
+    # Each layer's p50 and p95 milliseconds over the rows.
+    latency_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _kind_rates(flags: dict[tuple[bool, str], list[bool]]) -> KindRates:
+    return {
+        kind: ("tpr" if attack else "fpr", sum(v) / len(v), len(v))
+        for (attack, kind), v in sorted(flags.items(), key=lambda item: (item[0][1], item[0][0]))
+    }
 
 
 def injection_scores(
@@ -135,41 +86,167 @@ def injection_scores(
     attacks: Sequence[dict[str, Any]],
     benign: Sequence[dict[str, Any]],
     advance: Advance | None = None,
+    use: str = "question",
+    vectors: Sequence[Any] | None = None,
 ) -> InjectionScores:
-    """The detector as configured (any layer over its threshold flags), and each layer's own
-    score swept over thresholds: the ROC says what another threshold would buy."""
-    flags: dict[tuple[bool, str], list[bool]] = defaultdict(list)
-    layer_values: dict[str, list[float]] = defaultdict(list)
+    """The fused verdict and each layer on its own at its threshold for `use`, per kind, and
+    every score swept over thresholds: the ROC says what another threshold would buy.
+    `vectors[i]`, when given, is row i's embedding as ingest computes it (chunks)."""
+    rows = [*attacks, *benign]
+    flags: dict[str, dict[tuple[bool, str], list[bool]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[str, list[float]] = defaultdict(list)
+    times: dict[str, list[float]] = defaultdict(list)
     is_attack: list[bool] = []
-    for row in [*attacks, *benign]:
-        verdict = guard.check_sync(row["text"])
+    for number, row in enumerate(rows):
         attack = row["label"] == "attack"
-        flags[(attack, row["kind"])].append(verdict.flagged)
-        for layer, (value, _) in guard.layer_scores(row["text"]).items():
-            layer_values[layer].append(value)
+        timings: dict[str, float] = {}
+        vector = vectors[number] if vectors is not None else None
+        layer_values = guard.layer_scores(row["text"], use, vector, timings)
+        fused, deciding = guard.fuse(layer_values, use)
+        for layer, ms in timings.items():
+            times[layer].append(ms)
+        for layer, (value, _) in layer_values.items():
+            values[layer].append(value)
+            flags[layer][(attack, row["kind"])].append(value >= guard.threshold(layer, use))
+        values[FUSED].append(fused)
+        flags[FUSED][(attack, row["kind"])].append(bool(deciding))
         is_attack.append(attack)
         if advance is not None:
             advance()
+    fused_flags = flags[FUSED]
     decision = rates(
-        [f for (a, _), v in flags.items() if a for f in v],
-        [f for (a, _), v in flags.items() if not a for f in v],
+        [f for (a, _), v in fused_flags.items() if a for f in v],
+        [f for (a, _), v in fused_flags.items() if not a for f in v],
     )
-    by_kind = {
-        kind: ("tpr" if attack else "fpr", sum(v) / len(v), len(v))
-        for (attack, kind), v in sorted(flags.items(), key=lambda item: item[0][1])
-    }
+    thresholds = {layer: guard.threshold(layer, use) for layer in values if layer != FUSED}
+    thresholds[FUSED] = FLAG_AT
     layers = tuple(
         LayerCurve(
             layer,
-            getattr(guard.thresholds, layer),
-            roc(values, is_attack),
-            tuple(sweep(values, is_attack, SWEEP_THRESHOLDS)),
+            thresholds[layer],
+            roc(layer_values, is_attack),
+            tuple(sweep(layer_values, is_attack, _sweep_for(thresholds[layer]))),
         )
-        for layer, values in sorted(layer_values.items())
+        for layer, layer_values in sorted(values.items())
     )
     return InjectionScores(
-        decision, sum(is_attack), len(is_attack) - sum(is_attack), by_kind, layers, guard.notes
+        decision,
+        sum(is_attack),
+        len(is_attack) - sum(is_attack),
+        _kind_rates(fused_flags),
+        layers,
+        guard.notes,
+        {layer: _kind_rates(layer_flags) for layer, layer_flags in sorted(flags.items())},
+        {
+            layer: (round(percentile(ms, 50), 2), round(percentile(ms, 95), 2))
+            for layer, ms in sorted(times.items())
+        },
     )
+
+
+def _sweep_for(threshold: float) -> tuple[float, ...]:
+    # The coarse grid, plus a fine one around the layer's own threshold (the head's sit near
+    # 0.9, where a step of 0.05 hides most of the curve).
+    fine = [round(threshold + step / 100, 4) for step in range(-5, 6)]
+    return tuple(sorted({*SWEEP_THRESHOLDS, *(t for t in fine if 0.0 < t < 1.0)}))
+
+
+def held_out_rows(seed: int = 0) -> list[dict[str, Any]]:
+    """The held-out split of the injection head's training data (the corpora's test splits
+    and the project's held-out texts), as rows of the dev sets' shape, kind = source. The
+    head never trained on these rows; their benign side chose its thresholds (so the FPR here
+    sits at the training run's target by construction), their attack side was never used."""
+    from guardrails.injection.corpora import load_corpora
+    from guardrails.injection.project_texts import project_texts
+
+    return [
+        {"text": r.text, "label": "attack" if r.attack else "benign", "kind": r.source}
+        for r in [*load_corpora(), *project_texts(seed)]
+        if r.split == "held_out"
+    ]
+
+
+def document_chunks(
+    folders: Sequence[Path], embedder: Any, limit: int | None = None
+) -> tuple[list[dict[str, Any]], Any]:
+    """The chunks of the documents in `folders` (at most `limit`, evenly spaced), cut and
+    embedded as ingest does (its readers, chunker and heading-prefixed vectors), as benign rows
+    with kind = folder name."""
+    from ingest.chunking import chunk_document
+    from ingest.readers import READERS, ReadError, read_document
+
+    rows: list[dict[str, Any]] = []
+    embedded: list[str] = []
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in READERS):
+            try:
+                document = read_document(path)
+            except ReadError:
+                continue
+            pieces = chunk_document(
+                document.text, embedder.tokenizer, 256, 32, markdown=document.markdown
+            )
+            for piece in pieces:
+                rows.append(
+                    {"text": piece.text, "label": "benign", "kind": folder.name, "path": str(path)}
+                )
+                embedded.append(f"{piece.section}\n{piece.text}" if piece.section else piece.text)
+    if limit is not None and limit < len(rows):
+        keep = [round(i * (len(rows) - 1) / max(limit - 1, 1)) for i in range(limit)]
+        rows, embedded = [rows[i] for i in keep], [embedded[i] for i in keep]
+    return rows, embedder.embed_documents(embedded)
+
+
+def injection_report(scores: InjectionScores) -> dict[str, Any]:
+    """The scores as plain data for a suite's details and for printing."""
+    return {
+        "tpr": scores.decision.tpr,
+        "fpr": scores.decision.fpr,
+        "attacks": scores.attacks,
+        "benign": scores.benign,
+        "notes": scores.notes,
+        "by_kind": {k: list(v) for k, v in scores.by_kind.items()},
+        "layer_by_kind": {
+            layer: {k: [name, round(value, 4), n] for k, (name, value, n) in kinds.items()}
+            for layer, kinds in scores.layer_by_kind.items()
+        },
+        "latency_ms": {k: {"p50": v[0], "p95": v[1]} for k, v in scores.latency_ms.items()},
+        "layers": [
+            {
+                "layer": layer.layer,
+                "threshold": layer.threshold,
+                "roc": {"fpr": layer.roc.fpr, "tpr": layer.roc.tpr, "auc": layer.roc.auc},
+                "sweep": [{"threshold": t, "tpr": r.tpr, "fpr": r.fpr} for t, r in layer.sweep],
+            }
+            for layer in scores.layers
+        ],
+    }
+
+
+def dev_metrics_into_card(settings: Any, folder: Path, data: Path) -> dict[str, Any]:
+    """The freshly trained head's guard measured on the development sets (as questions) and
+    written into its model card: reported there, never used to train or calibrate."""
+    from guardrails.injection import HeadWeights
+    from guardrails.injection.train_head import write_card
+
+    scores = injection_scores(
+        build_injection(settings),
+        read_jsonl(data / "injection_dev.jsonl"),
+        read_jsonl(data / "benign_dev.jsonl"),
+    )
+    auc = {layer.layer: round(layer.roc.auc, 4) for layer in scores.layers}
+    dev = {
+        layer: {"auc": auc.get(layer), **{k: round(v, 4) for k, (_, v, _) in kinds.items()}}
+        for layer, kinds in scores.layer_by_kind.items()
+    }
+    weights = HeadWeights.load(folder)
+    card = {**weights.card, "dev": {"set": str(data), "tpr_by_kind_fpr_by_benign_kind": dev}}
+    updated = HeadWeights(
+        weights.embedder, weights.coef, weights.intercept, weights.thresholds, card
+    )
+    updated.save(folder)
+    write_card(folder, updated)
+    return dev
 
 
 # ---------------------------------------------------------------- Llama Guard
@@ -229,11 +306,18 @@ def main(argv: list[str]) -> None:
             read_jsonl(data / "benign_dev.jsonl"),
         )
     print(json.dumps({"pii": pii}, indent=1))
-    print(json.dumps({"tpr": injection.decision.tpr, "fpr": injection.decision.fpr}))
-    for kind, (rate_name, value, n) in injection.by_kind.items():
-        print(json.dumps({"kind": kind, rate_name: round(value, 4), "n": n}))
-    for layer in injection.layers:
-        print(json.dumps({"layer": layer.layer, "auc": round(layer.roc.auc, 4)}))
+    print_injection("dev", injection)
+
+
+def print_injection(title: str, scores: InjectionScores) -> None:
+    """One line per layer (and the fusion): AUC and, per kind, the rate it flags at its
+    threshold; then each layer's latency."""
+    print(json.dumps({"set": title, "tpr": scores.decision.tpr, "fpr": scores.decision.fpr}))
+    auc = {layer.layer: round(layer.roc.auc, 4) for layer in scores.layers}
+    for layer, kinds in scores.layer_by_kind.items():
+        rates_by_kind = {k: f"{name} {value:.3f} (n={n})" for k, (name, value, n) in kinds.items()}
+        print(json.dumps({"set": title, "layer": layer, "auc": auc.get(layer), **rates_by_kind}))
+    print(json.dumps({"set": title, "latency_ms_p50_p95": scores.latency_ms}))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,14 @@ from evals.answers import (
     judge,
     latency_scores,
 )
-from evals.guards import injection_scores, llama_guard_agreement, pii_scores, read_jsonl
+from evals.guards import (
+    injection_report,
+    injection_scores,
+    llama_guard_agreement,
+    read_jsonl,
+)
 from evals.llamaindex_baseline import BaselineMissing, BaselineRun, run_in_child
+from evals.pii import pii_scores
 from evals.progress import RunProgress
 from evals.retrieval import (
     DOCS_FOLDER,
@@ -293,29 +299,9 @@ def guards_suite(work: SharedWork) -> SuiteResult:
         detector = build_injection(work.settings)
         with work.progress.step("guards: injection", len(attacks) + len(benign)) as advance:
             injection = injection_scores(detector, attacks, benign, advance)
-        metrics |= {
-            "guards.injection.tpr": injection.decision.tpr,
-            "guards.injection.fpr": injection.decision.fpr,
-            "guards.injection.attacks": injection.attacks,
-            "guards.injection.benign": injection.benign,
-        }
-        for kind, (rate_name, value, _) in injection.by_kind.items():
-            metrics[f"guards.injection.by_kind.{kind}.{rate_name}"] = value
-        for layer in injection.layers:
-            metrics[f"guards.injection.{layer.layer}.auc"] = layer.roc.auc
-        details["injection"] = {
-            "by_kind": {k: list(v) for k, v in injection.by_kind.items()},
-            "notes": injection.notes,
-            "layers": [
-                {
-                    "layer": layer.layer,
-                    "threshold": layer.threshold,
-                    "roc": {"fpr": layer.roc.fpr, "tpr": layer.roc.tpr, "auc": layer.roc.auc},
-                    "sweep": [{"threshold": t, "tpr": r.tpr, "fpr": r.fpr} for t, r in layer.sweep],
-                }
-                for layer in injection.layers
-            ],
-        }
+        metrics |= _injection_metrics("guards.injection", injection)
+        details["injection"] = injection_report(injection)
+        metrics |= _injection_extra_sets(work, detector, details, unavailable)
     guard = build_output_guard(work.settings)
     if not guard.available:
         probe = asyncio.run(guard.check("", GuardContext(checked_as="answer")))
@@ -340,6 +326,60 @@ def guards_suite(work: SharedWork) -> SuiteResult:
         f"enable (enabled: {enabled}); a type it does not enable scores 0 recall",
     )
     return SuiteResult(_rounded(metrics), details, unavailable, notes)
+
+
+def _injection_metrics(prefix: str, scores: Any) -> dict[str, float]:
+    metrics = {
+        f"{prefix}.tpr": scores.decision.tpr,
+        f"{prefix}.fpr": scores.decision.fpr,
+        f"{prefix}.attacks": scores.attacks,
+        f"{prefix}.benign": scores.benign,
+    }
+    for kind, (rate_name, value, _) in scores.by_kind.items():
+        metrics[f"{prefix}.by_kind.{kind}.{rate_name}"] = value
+    for layer in scores.layers:
+        metrics[f"{prefix}.{layer.layer}.auc"] = layer.roc.auc
+    return metrics
+
+
+def _injection_extra_sets(
+    work: SharedWork, detector: Any, details: dict[str, Any], unavailable: dict[str, str]
+) -> dict[str, float]:
+    """The injection guard on the held-out split of its head's training data (as questions)
+    and on real document chunks (as chunks at ingest: the false positives that lose answers)."""
+    from evals.guards import document_chunks, held_out_rows
+    from guardrails.injection.corpora import CorporaMissing
+    from rag.compose import build_embedder
+
+    metrics: dict[str, float] = {}
+    try:
+        rows = spread(held_out_rows(), work.limit)
+    except CorporaMissing as exc:
+        unavailable["guards.injection_held_out"] = str(exc)
+    else:
+        attacks = [r for r in rows if r["label"] == "attack"]
+        benign = [r for r in rows if r["label"] == "benign"]
+        with work.progress.step("guards: injection held-out", len(rows)) as advance:
+            held = injection_scores(detector, attacks, benign, advance)
+        metrics |= _injection_metrics("guards.injection_held_out", held)
+        details["injection_held_out"] = injection_report(held)
+    folders = [ROOT / "examples"]
+    try:
+        folders.append(work.data.retrieval_qa / "docs")
+    except ValueError as exc:
+        unavailable["guards.injection_chunks.retrieval_qa"] = str(exc)
+    folders = [f for f in folders if f.is_dir()]
+    chunk_rows, vectors = document_chunks(folders, build_embedder(work.settings), work.limit)
+    with work.progress.step("guards: injection on document chunks", len(chunk_rows)) as advance:
+        chunks = injection_scores(detector, [], chunk_rows, advance, "chunk", vectors)
+    metrics |= {
+        "guards.injection_chunks.fpr": chunks.decision.fpr,
+        "guards.injection_chunks.chunks": chunks.benign,
+    }
+    for kind, (_, value, _) in chunks.by_kind.items():
+        metrics[f"guards.injection_chunks.by_folder.{kind}.fpr"] = value
+    details["injection_chunks"] = injection_report(chunks)
+    return metrics
 
 
 # ---------------------------------------------------------------- router

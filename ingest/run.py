@@ -8,19 +8,30 @@ it sees, replaces and prunes only that owner's chunks.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from guardrails.injection import InjectionDetector
+from guardrails.registry import PolicedGuard, find_guard, screen
+from guardrails.verdict import GuardContext
 from ingest.chunking import chunk_document
 from ingest.readers import READERS, ReadError, ReadLimits, read_document
-from rag.compose import build_embedder, build_injection, open_store_for_embedder
+from rag.compose import (
+    build_embedder,
+    build_guards,
+    build_injection,
+    open_store_for_embedder,
+)
 from rag.embedder import EmbedderUnavailable, SentenceEmbedder
 from rag.schema import Chunk
 from rag.settings import IngestSettings, Settings
@@ -31,6 +42,10 @@ log = logging.getLogger(__name__)
 
 class IngestError(ValueError):
     """The run cannot start (missing folder, empty corpus); the message says what to do."""
+
+
+class ChunkGuardRefused(ValueError):
+    """A chunk guard blocked one of a file's chunks: that file is not stored."""
 
 
 @dataclass
@@ -46,6 +61,9 @@ class IngestReport:
     notices: list[tuple[str, str]] = field(default_factory=list)
     chunks_written: int = 0
     chunks_flagged: int = 0
+    # Chunks stored with findings replaced by a typed placeholder (`[AWS_ACCESS_KEY]`) by a
+    # redacting chunk guard (secrets).
+    chunks_redacted: int = 0
     seconds: float = 0.0
 
     def summary(self) -> dict[str, int]:
@@ -57,6 +75,7 @@ class IngestReport:
             "failed": len(self.failed),
             "chunks_written": self.chunks_written,
             "chunks_flagged": self.chunks_flagged,
+            "chunks_redacted": self.chunks_redacted,
         }
 
 
@@ -66,6 +85,9 @@ class IngestParts:
     store: Store
     injection: InjectionDetector
     settings: IngestSettings
+    # Chunk guards whose policy redacts (rag/compose.py GUARDS): they run on each chunk's
+    # text before it is embedded or stored. The injection guard runs after embedding.
+    redacting_guards: tuple[PolicedGuard, ...] = ()
 
 
 def _walk(root: Path, extensions: tuple[str, ...]) -> Iterator[Path]:
@@ -114,6 +136,7 @@ class _Prepared:
     is_update: bool = False
     file_hash: str = ""
     reason: str = ""
+    redacted: int = 0
 
 
 def ingest_folder(
@@ -182,6 +205,10 @@ def ingest_folder(
             batches_per_report=2,
             token_counts=[tokens_of.pop(c.id) for c in batch],
         )
+        # The injection scan reads the vectors just computed: the trained head scores each
+        # chunk's own embedding, so scanning adds no second pass of the embedder.
+        batch = [scanned(parts.injection, c, v) for c, v in zip(batch, vectors, strict=True)]
+        report.chunks_flagged += sum(c.flagged for c in batch)
         counts = [len(in_flight[c.path].chunks) for c in batch]
         parts.store.upsert(batch, vectors, counts, owner)
         report.chunks_written += len(batch)
@@ -214,7 +241,7 @@ def ingest_folder(
             continue
         if item.notice:
             report.notices.append((str(item.file), item.notice))
-        report.chunks_flagged += sum(c.flagged for c in item.chunks)
+        report.chunks_redacted += item.redacted
         in_flight[item.name] = item
         unwritten[item.name] = len(item.chunks)
         pending.extend(item.chunks)
@@ -295,17 +322,20 @@ def _prepare(
     chunks = []
     heading_tokens: dict[str, int] = {}
     token_counts = []
-    for ordinal, piece in enumerate(pieces):
+    try:
+        texts = redacted_texts([piece.text for piece in pieces], parts.redacting_guards)
+    except ChunkGuardRefused as exc:
+        return _Prepared(name, file, "failed", reason=str(exc))
+    for ordinal, (piece, text) in enumerate(zip(pieces, texts, strict=True)):
         if piece.section not in heading_tokens:
             heading_tokens[piece.section] = (
                 len(parts.embedder.tokenizer.tokenize(piece.section)) if piece.section else 0
             )
         token_counts.append(piece.tokens + heading_tokens[piece.section])
-        verdict = parts.injection.check_sync(piece.text)
         chunks.append(
             Chunk(
                 id=point_id(name, ordinal, piece.content_hash, owner),
-                text=piece.text,
+                text=text,
                 path=name,
                 section=piece.section,
                 page=document.page_at(piece.start),
@@ -313,8 +343,6 @@ def _prepare(
                 end=piece.end,
                 content_hash=piece.content_hash,
                 file_hash=file_hash,
-                injection_score=verdict.score,
-                injection_categories=verdict.categories if verdict.flagged else (),
             )
         )
     return _Prepared(
@@ -326,15 +354,60 @@ def _prepare(
         notice=f"decoded as {document.decoded_as}" if document.decoded_as else "",
         is_update=state is not None,
         file_hash=file_hash,
+        redacted=sum(t != p.text for t, p in zip(texts, pieces, strict=True)),
     )
+
+
+def redacted_texts(texts: list[str], guards: tuple[PolicedGuard, ...]) -> list[str]:
+    """Each chunk's text as the redacting guards leave it. One event loop per file: the
+    guards' checks are coroutines, and a loop per chunk would cost more than the checks."""
+    if not guards:
+        return texts
+    context = GuardContext(checked_as="chunk")
+
+    async def redact_all() -> list[str]:
+        redacted = []
+        for text in texts:
+            screening = await screen(guards, text, context)
+            if screening.blocking is not None:
+                # A redacting guard that could not run, with a policy that blocks: the
+                # chunk is not stored unredacted.
+                verdict = screening.blocking
+                raise ChunkGuardRefused(f"the {verdict.guard} check: {verdict.reason}")
+            redacted.append(screening.text)
+        return redacted
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(redact_all())
+    # Called from a coroutine (an upload handler, a script): that loop is busy running us.
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, redact_all()).result()
+
+
+def scanned(injection: InjectionDetector, chunk: Chunk, vector: np.ndarray) -> Chunk:
+    """The chunk with the injection guard's verdict on it, checked as a chunk with the
+    vector ingest embedded it as (the same detector questions go through)."""
+    verdict = injection.check_sync(chunk.text, "chunk", vector)
+    categories = verdict.categories if verdict.flagged else ()
+    return replace(chunk, injection_score=verdict.score, injection_categories=categories)
 
 
 def build_ingest_parts(settings: Settings) -> IngestParts:
     """The parts an ingestion run uses, built by the composition root's builders."""
     embedder = build_embedder(settings)
+    chunk_guards = build_guards(settings, "chunk")
+    # The injection guard as the registry built it; it reads each chunk's vector after
+    # embedding, so it runs in `scanned`, not with the redacting guards.
+    listed = find_guard(chunk_guards, "injection")
+    injection = listed.guard if listed is not None else None
     return IngestParts(
         embedder=embedder,
         store=open_store_for_embedder(settings, embedder),
-        injection=build_injection(settings),
+        injection=(
+            injection if isinstance(injection, InjectionDetector) else build_injection(settings)
+        ),
         settings=settings.ingest,
+        redacting_guards=tuple(g for g in chunk_guards if g.redacts),
     )

@@ -1,76 +1,14 @@
-"""Prompt-injection and jailbreak detection for questions and for document chunks.
-
-Layer 1 normalises the text (NFKC, homoglyphs, invisible characters, encoded spans) so that
-obfuscation does not hide an attack; then each layer scores the views: intent rules
-(override, role hijack, prompt extraction, delimiter injection, in several languages),
-a logistic regression trained on the project's own banks, similarity to attack exemplars, and a
-classifier model when one is on disk.
-"""
+"""The rule layer: intent patterns (override, role hijack, prompt extraction, delimiter
+injection, text addressed to a reading assistant, in several languages) over the normalised
+and decoded views of a text, screened in one RE2 pass."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import codecs
 import re
-import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from guardrails.injection_classifier import InjectionClassifier
-from guardrails.injection_exemplars import ExemplarSimilarity
-from guardrails.injection_learned import LearnedInjectionScorer
 from guardrails.rule_screen import RuleScreen
-from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
-
-# Characters that render as nothing or reorder text: used to split keywords invisibly.
-_INVISIBLE = re.compile(
-    r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f"
-    r"\u202a-\u202e\u2060-\u206f\u3164\ufeff\uffa0\U000e0000-\U000e007f]"
-)
-# Cyrillic and Greek letters that look like Latin ones; NFKC leaves them alone.
-_HOMOGLYPHS = str.maketrans(
-    "аеорсухіјѕԁԛԝАВЕКМНОРСТХІЈЅαβεικνορτυχΑΒΕΗΙΚΜΝΟΡΤΥΧ",
-    "aeopcyxijsdqwABEKMHOPCTXIJSabeiknoptuxABEHIKMNOPTYX",
-)
-_BASE64_SPAN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
-_HEX_SPAN = re.compile(r"\b(?:[0-9a-fA-F]{2}[\s:]?){12,}\b")
-_SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][\s.\-_*]){4,}[A-Za-z]\b")
-
-
-def normalise(text: str) -> str:
-    """The text as a reader would see it: compatibility forms folded, look-alike letters
-    mapped to Latin, invisible characters removed, letter-by-letter spacing joined."""
-    folded = unicodedata.normalize("NFKC", text)
-    folded = _INVISIBLE.sub("", folded).translate(_HOMOGLYPHS)
-    folded = _SPACED_LETTERS.sub(lambda m: re.sub(r"[\s.\-_*]", "", m.group(0)), folded)
-    return re.sub(r"\s+", " ", folded)
-
-
-def decoded_spans(text: str) -> list[str]:
-    """Printable text hidden in base64, hex or rot13, decoded so the rules can read it."""
-    found: list[str] = []
-    for match in _BASE64_SPAN.finditer(text):
-        span = match.group(0)
-        try:
-            raw = base64.b64decode(span + "=" * (-len(span) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        decoded = raw.decode("utf-8", errors="ignore")
-        if len(decoded) >= 8 and sum(c.isprintable() for c in decoded) / len(decoded) > 0.9:
-            found.append(decoded)
-    for match in _HEX_SPAN.finditer(text):
-        try:
-            decoded = bytes.fromhex(re.sub(r"[\s:]", "", match.group(0))).decode("utf-8")
-        except ValueError:
-            continue
-        if decoded.isprintable():
-            found.append(decoded)
-    if re.search(r"\brot-?13\b", text, re.IGNORECASE):
-        found.append(codecs.decode(text, "rot13"))
-    return found
 
 
 @dataclass(frozen=True)
@@ -643,85 +581,3 @@ class InjectionRules:
         for weight in hits.values():
             remaining *= 1.0 - weight
         return round(1.0 - remaining, 4), tuple(sorted(hits))
-
-
-def views_of(text: str) -> list[str]:
-    """The text as a reader sees it, plus any encoded spans decoded. Text in Cyrillic or Greek
-    is also kept with its own letters: folding look-alikes to Latin is for Latin text that
-    hides behind them, and it garbles Russian or Greek words for the rules of those languages."""
-    seen = normalise(text)
-    views = [seen, *(normalise(decoded) for decoded in decoded_spans(seen))]
-    unfolded = re.sub(r"\s+", " ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)))
-    if unfolded.translate(_HOMOGLYPHS) != unfolded:
-        views.append(unfolded)
-    return views
-
-
-@dataclass(frozen=True)
-class LayerThresholds:
-    rules: float = 0.5
-    semantic: float = 0.75
-    classifier: float = 0.8
-    # Last, so thresholds built positionally before this layer existed keep their meaning.
-    learned: float = 0.9718
-
-
-class InjectionDetector:
-    """The injection guard: rules, the learned layer, exemplar similarity and (when on disk) a
-    classifier, each with its own threshold; any layer over its threshold flags the text."""
-
-    name = "injection"
-
-    def __init__(
-        self,
-        rules: InjectionRules,
-        semantic: ExemplarSimilarity | None = None,
-        classifier: InjectionClassifier | None = None,
-        thresholds: LayerThresholds = LayerThresholds(),
-        notes: str = "",
-        learned: LearnedInjectionScorer | None = None,
-    ) -> None:
-        self.rules = rules
-        self.learned = learned
-        self.semantic = semantic
-        self.classifier = classifier
-        self.thresholds = thresholds
-        # Layers that were asked for but could not load, said in every verdict's reason.
-        self.notes = notes
-
-    def layer_scores(self, text: str) -> dict[str, tuple[float, tuple[str, ...]]]:
-        views = views_of(text)
-        scores = {"rules": self.rules.score(views)}
-        if self.learned is not None:
-            scores["learned"] = (self.learned.score(views, scores["rules"]), ("learned",))
-        if self.semantic is not None:
-            value, family = self.semantic.score(views)
-            scores["semantic"] = (value, (f"semantic:{family}",))
-        if self.classifier is not None:
-            scores["classifier"] = (self.classifier.score(views), ("classifier",))
-        return scores
-
-    def check_sync(self, text: str) -> Verdict:
-        started = time.perf_counter()
-        try:
-            scores = self.layer_scores(text)
-        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
-            # A layer that breaks (a classifier out of memory, say) makes the verdict
-            # unavailable; the policy then decides, never a silent allow.
-            return unavailable(self.name, f"injection check failed: {type(exc).__name__}: {exc}")
-        ms = (time.perf_counter() - started) * 1000
-        over = {
-            layer: value
-            for layer, value in scores.items()
-            if value[0] >= getattr(self.thresholds, layer)
-        }
-        summary = ", ".join(f"{layer} {value[0]:.2f}" for layer, value in scores.items())
-        reason = summary + (f"; {self.notes}" if self.notes else "")
-        top = max(value[0] for value in scores.values())
-        if not over:
-            return clean(self.name, score=top, reason=reason).timed(ms)
-        categories = tuple(sorted({c for value in over.values() for c in value[1]}))
-        return flagged(self.name, top, categories, reason).timed(ms)
-
-    async def check(self, text: str, context: GuardContext) -> Verdict:
-        return await asyncio.to_thread(self.check_sync, text)

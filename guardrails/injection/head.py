@@ -1,0 +1,139 @@
+"""The trained head: logistic regression over the frozen embedder's sentence vectors, trained
+per embedder by `guardrag models train injection` (guardrails/injection/train_head.py).
+
+A question is embedded for retrieval anyway and a chunk at ingest too, so the head costs a dot
+product on a vector the request already has; only long texts add a few window vectors, so a
+planted sentence is not averaged away by the text around it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from guardrails.injection.normalise import views_of
+from guardrails.injection_exemplars import windows
+
+EmbedOne = Callable[[str], np.ndarray]
+EmbedMany = Callable[[Sequence[str]], np.ndarray]
+WEIGHTS_FILE = "head.npz"
+CARD_FILE = "MODEL_CARD.md"
+# Texts longer than this many words can also be scored in windows of WINDOW_WORDS, at most
+# MAX_WINDOWS of them. Off by default: windows embed the text again, which a question's
+# 15 ms budget cannot pay (12 windows: p50 0.5 s, p95 6 s per dev prompt on the shared
+# 2-core machine), and the maximum over many windows raised benign scores (hard negatives).
+LONG_TEXT_WORDS = 40
+WINDOW_WORDS = 32
+MAX_WINDOWS = 0
+USES = ("question", "turn", "chunk")
+
+
+def head_folder(models_dir: Path, embedder_name: str) -> Path:
+    """Where the head for an embedder lives: one per embedder, named after it."""
+    slug = embedder_name.strip("/").replace("/", "--").replace("\\", "--").lstrip(".")
+    return models_dir / f"guardrag--injection-head--{slug}"
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    embedder: str
+    coef: np.ndarray
+    intercept: float
+    # Attack-probability thresholds per use, calibrated on held-out benign texts only.
+    thresholds: dict[str, float]
+    # What the training run used and measured (data sources, rows, licences, time, metrics).
+    card: dict[str, object] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            folder / WEIGHTS_FILE,
+            coef=self.coef.astype(np.float32),
+            intercept=np.float32(self.intercept),
+            meta=json.dumps(
+                {"embedder": self.embedder, "thresholds": self.thresholds, "card": self.card}
+            ),
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> HeadWeights:
+        path = folder / WEIGHTS_FILE
+        if not path.exists():
+            raise FileNotFoundError(
+                f"injection head missing at {path}: run `guardrag models train injection` "
+                "(`guardrag models pull` does)"
+            )
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            return cls(
+                meta["embedder"],
+                np.asarray(data["coef"], dtype=np.float32),
+                float(data["intercept"]),
+                {k: float(v) for k, v in meta["thresholds"].items()},
+                meta.get("card", {}),
+            )
+
+
+def long_text_pieces(text: str, max_windows: int = MAX_WINDOWS) -> list[str]:
+    """Windows of a long text (none for a short one), at most `max_windows` spread evenly."""
+    if len(text.split()) <= LONG_TEXT_WORDS or max_windows <= 0:
+        return []
+    pieces = [w for w in windows(text, max_words=WINDOW_WORDS) if w != text]
+    if len(pieces) > max_windows:
+        step = len(pieces) / max_windows
+        pieces = [pieces[int(i * step)] for i in range(max_windows)]
+    return pieces
+
+
+class EmbeddingHead:
+    """Scores 0..1: the head's attack probability, the highest over the text's vector, the
+    vectors of its other views (decoded spans, folded look-alikes) and of its windows."""
+
+    name = "head"
+
+    def __init__(
+        self,
+        weights: HeadWeights,
+        embed_query: EmbedOne,
+        embed_texts: EmbedMany,
+        max_windows: int = MAX_WINDOWS,
+    ) -> None:
+        self.weights = weights
+        self.max_windows = max_windows
+        self._coef = weights.coef.astype(np.float32)
+        self._intercept = weights.intercept
+        # The question's vector comes from the embedder's query path, which retrieval calls
+        # with the same text and which keeps its last vectors: the head reuses it.
+        self._embed_query = embed_query
+        self._embed_texts = embed_texts
+
+    def threshold(self, use: str) -> float:
+        return self.weights.thresholds.get(use, self.weights.thresholds["question"])
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        logits = np.asarray(vectors, dtype=np.float32) @ self._coef + self._intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+
+    def score_vector(self, vector: np.ndarray) -> float:
+        return round(float(self.probabilities(vector[None, :])[0]), 4)
+
+    def score(self, text: str, vector: np.ndarray | None = None) -> float:
+        """The text's score; `vector`, when the caller has it (ingest's chunk vector), spares
+        embedding the whole text again."""
+        whole = vector if vector is not None else self._embed_query(text)
+        # Views that differ from the text as written (look-alike letters folded, encoded
+        # spans decoded), and for a question its windows. A chunk at ingest gets no windows:
+        # they would embed it again, which ingest cannot afford (make bench-ingest).
+        as_written = re.sub(r"\s+", " ", text)
+        extra = [view for view in views_of(text) if view != as_written]
+        if vector is None:
+            extra += long_text_pieces(text, self.max_windows)
+        best = self.score_vector(np.asarray(whole))
+        if extra:
+            best = max(best, float(self.probabilities(self._embed_texts(extra)).max()))
+        return round(best, 4)

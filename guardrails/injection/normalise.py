@@ -1,0 +1,70 @@
+"""The text as a reader sees it: compatibility forms folded, look-alike letters mapped to
+Latin, invisible characters removed, letter-by-letter spacing joined, and encoded spans
+(base64, hex, rot13) decoded, so obfuscation does not hide an attack from the other layers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+import unicodedata
+
+# Characters that render as nothing or reorder text: used to split keywords invisibly.
+_INVISIBLE = re.compile(
+    r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u206f\u3164\ufeff\uffa0\U000e0000-\U000e007f]"
+)
+# Cyrillic and Greek letters that look like Latin ones; NFKC leaves them alone.
+_HOMOGLYPHS = str.maketrans(
+    "аеорсухіјѕԁԛԝАВЕКМНОРСТХІЈЅαβεικνορτυχΑΒΕΗΙΚΜΝΟΡΤΥΧ",
+    "aeopcyxijsdqwABEKMHOPCTXIJSabeiknoptuxABEHIKMNOPTYX",
+)
+_BASE64_SPAN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+_HEX_SPAN = re.compile(r"\b(?:[0-9a-fA-F]{2}[\s:]?){12,}\b")
+_SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][\s.\-_*]){4,}[A-Za-z]\b")
+
+
+def normalise(text: str) -> str:
+    """The text as a reader would see it: compatibility forms folded, look-alike letters
+    mapped to Latin, invisible characters removed, letter-by-letter spacing joined."""
+    folded = unicodedata.normalize("NFKC", text)
+    folded = _INVISIBLE.sub("", folded).translate(_HOMOGLYPHS)
+    folded = _SPACED_LETTERS.sub(lambda m: re.sub(r"[\s.\-_*]", "", m.group(0)), folded)
+    return re.sub(r"\s+", " ", folded)
+
+
+def decoded_spans(text: str) -> list[str]:
+    """Printable text hidden in base64, hex or rot13, decoded so the rules can read it."""
+    found: list[str] = []
+    for match in _BASE64_SPAN.finditer(text):
+        span = match.group(0)
+        try:
+            raw = base64.b64decode(span + "=" * (-len(span) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        decoded = raw.decode("utf-8", errors="ignore")
+        if len(decoded) >= 8 and sum(c.isprintable() for c in decoded) / len(decoded) > 0.9:
+            found.append(decoded)
+    for match in _HEX_SPAN.finditer(text):
+        try:
+            decoded = bytes.fromhex(re.sub(r"[\s:]", "", match.group(0))).decode("utf-8")
+        except ValueError:
+            continue
+        if decoded.isprintable():
+            found.append(decoded)
+    if re.search(r"\brot-?13\b", text, re.IGNORECASE):
+        found.append(codecs.decode(text, "rot13"))
+    return found
+
+
+def views_of(text: str) -> list[str]:
+    """The text as a reader sees it, plus any encoded spans decoded. Text in Cyrillic or Greek
+    is also kept with its own letters: folding look-alikes to Latin is for Latin text that
+    hides behind them, and it garbles Russian or Greek words for the rules of those languages."""
+    seen = normalise(text)
+    views = [seen, *(normalise(decoded) for decoded in decoded_spans(seen))]
+    unfolded = re.sub(r"\s+", " ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)))
+    if unfolded.translate(_HOMOGLYPHS) != unfolded:
+        views.append(unfolded)
+    return views
