@@ -11,23 +11,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from guardrails.verdict import Verdict
-
-
-def verdict_record(verdict: Verdict) -> dict[str, Any]:
-    # sanitized_text is left out on purpose: it is derived from the user's text.
-    return {
-        "guard": verdict.guard,
-        "outcome": verdict.outcome,
-        "action": verdict.action,
-        "policy": verdict.policy,
-        "score": round(verdict.score, 4),
-        "categories": list(verdict.categories),
-        "reason": verdict.reason,
-        "ms": round(verdict.ms, 2),
-    }
 
 
 def pseudonymous_user(user: str) -> str:
@@ -56,7 +42,7 @@ class AuditRecord:
                 "user": pseudonymous_user(self.user),
                 "question_chars": self.question_chars,
                 "status": self.status,
-                "verdicts": [verdict_record(v) for v in self.verdicts],
+                "verdicts": [v.record() for v in self.verdicts],
                 "route": dict(self.route) if self.route else None,
                 "chunk_ids": list(self.chunk_ids),
                 "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
@@ -66,8 +52,11 @@ class AuditRecord:
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, echo_to: TextIO | None = None) -> None:
         self.path = path
+        # Also each line to this stream (a pod's stdout), where a cluster's log pipeline
+        # collects it; None (a laptop): the file only, so `ask --json` stays one document.
+        self.echo_to = echo_to
         self._lock = threading.Lock()
 
     def write(self, record: AuditRecord) -> None:
@@ -76,3 +65,6 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(line)
+            if self.echo_to is not None:
+                self.echo_to.write(line)
+                self.echo_to.flush()

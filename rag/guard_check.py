@@ -1,52 +1,44 @@
-"""The guards run on a text by themselves (`guardrag guard check`), with the same builders,
-policies and verdicts as a request, for evaluating and scripting them."""
+"""The guards run on a text by themselves (`guardrag guard check`), with the same lists,
+builders, policies and verdicts as a request, for evaluating and scripting them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guardrails.audit import verdict_record
-from guardrails.injection import InjectionDetector
-from guardrails.llama_guard import LlamaGuard
-from guardrails.pii import PresidioPII
-from guardrails.policy import apply_policy
-from guardrails.verdict import CheckedAs, GuardContext, Verdict
-from rag.settings import GuardPolicy, GuardsSettings
+from guardrails.pii import PseudonymVault
+from guardrails.registry import PolicedGuard, PresidioGuard, find_guard, screen
+from guardrails.verdict import CheckedAs, GuardContext
 
 
 @dataclass(frozen=True)
 class GuardChecker:
-    pii: PresidioPII
-    injection: InjectionDetector
-    output_guard: LlamaGuard
-    settings: GuardsSettings
+    # The guards for each kind of text, as a request or an ingestion runs them.
+    guards: Mapping[CheckedAs, tuple[PolicedGuard, ...]]
+    system_prompt: str
 
     async def check(self, text: str, checked_as: CheckedAs) -> dict[str, Any]:
-        context = GuardContext(checked_as=checked_as)
-        # PII runs beside the other guards, as it does for a question in a request.
-        pii_run = asyncio.create_task(asyncio.to_thread(self.pii.analyse, text))
-        checks: list[Coroutine[Any, Any, Verdict]] = []
-        policies: list[GuardPolicy] = []
-        if checked_as in ("question", "chunk"):
-            checks.append(self.injection.check(text, context))
-            policies.append(self.settings.injection.policy)
-        if checked_as == "answer":
-            checks.append(self.output_guard.check(text, context))
-            policies.append(self.settings.output.policy)
-        raw: list[Verdict] = await asyncio.gather(*checks)
-        pii_verdict, findings = await pii_run
-        verdicts = [apply_policy(pii_verdict, self.settings.pii.policy)]
-        verdicts += [apply_policy(v, p) for v, p in zip(raw, policies, strict=True)]
-        spans = [
-            {"type": f.entity_type, "start": f.start, "end": f.end, "score": round(f.score, 3)}
-            for f in findings
-        ]
+        guards = self.guards[checked_as]
+        context = GuardContext(
+            checked_as=checked_as, vault=PseudonymVault(), system_prompt=self.system_prompt
+        )
+        screening = await screen(guards, text, context)
         return {
             "as": checked_as,
-            "blocked": any(v.blocks for v in verdicts),
-            "verdicts": [verdict_record(v) for v in verdicts],
-            "pii": spans,
+            "blocked": screening.blocking is not None,
+            "verdicts": [v.record() for v in screening.verdicts],
+            "pii": await asyncio.to_thread(self._pii_spans, guards, text),
         }
+
+    @staticmethod
+    def _pii_spans(guards: tuple[PolicedGuard, ...], text: str) -> list[dict[str, Any]]:
+        """Where the PII guard found what (offsets and types, never values)."""
+        found = find_guard(guards, "pii")
+        if found is None or not isinstance(found.guard, PresidioGuard) or not found.available:
+            return []
+        return [
+            {"type": f.entity_type, "start": f.start, "end": f.end, "score": round(f.score, 3)}
+            for f in found.guard.presidio.find(text)
+        ]

@@ -1,5 +1,5 @@
 """One request's path, top to bottom: input guards (with retrieval started beside them),
-chunk verdicts, rerank, route, generate, output guard, restore, answer and audit."""
+chunk verdicts, rerank, route, generate, output guards, restore, answer and audit."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from guardrails.audit import AuditLog, AuditRecord
-from guardrails.injection import InjectionDetector
-from guardrails.llama_guard import LlamaGuard
+from guardrails.canary import new_canary, with_canary
 from guardrails.pii import PresidioPII, PseudonymVault, StreamRestorer
-from guardrails.policy import apply_policy
-from guardrails.verdict import GuardContext, Verdict
+from guardrails.registry import PolicedGuard, PresidioGuard, Screening, find_guard, screen
+from guardrails.verdict import Guard, GuardContext, Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, context_digest, normalise_question
 from rag.embedder import SentenceEmbedder
 from rag.generator import ModelUnavailable, PromptTooLong, TokenUsage
@@ -39,7 +38,7 @@ from rag.schema import (
     StreamEvent,
     TextDelta,
 )
-from rag.settings import Settings
+from rag.settings import RetrievalSettings, Settings
 from rag.store import Store
 from rag.telemetry import Telemetry
 
@@ -50,6 +49,12 @@ class QuestionError(ValueError):
 
 MAX_QUESTION_CHARS = 4000
 MAX_CHAIN_STEPS = 4
+# Earlier turns and instructions a caller supplies go into the prompt: bounded like the
+# question, so one caller cannot occupy the guards (and a core).
+MAX_TURN_CHARS = 4000
+# Of the turns a caller supplies, the prompt holds the last exchange (a 2k-token model has no
+# room for more beside the passages); the conversation check reads this many.
+CONVERSATION_TURNS_CHECKED = 8
 
 
 def validate_question(question: str) -> str:
@@ -84,10 +89,33 @@ class AskOptions:
     # Several models at once, their answers merged by `merge` (rag/multi.py)...
     fan_out: tuple[str, ...] = ()
     merge: MergeStrategy = MergeStrategy.CONSENSUS
-    # ...or models in series, each step seeing the previous step's output.
+    # ...or models in series, each step seeing the previous step's output. Their
+    # instructions are the caller's text: screened like the question.
     chain: tuple[ChainStep, ...] = ()
     # When every replica is busy, lower numbers are served first (chat 0, API 1 by default).
     priority: int = 0
+
+    def validate(self, known_models: Sequence[str]) -> None:
+        """Raises QuestionError naming the first option that cannot be honoured."""
+        known = ", ".join(known_models)
+        if self.model is not None and self.model not in known_models:
+            raise QuestionError(
+                f"unknown model {self.model!r}; choose one of {known} or leave it to the router"
+            )
+        for named in (*self.fan_out, *(step.model for step in self.chain)):
+            if named not in known_models:
+                raise QuestionError(f"unknown model {named!r}; choose from {known}")
+        if self.fan_out and self.chain:
+            raise QuestionError("ask for a fan-out or a chain, not both")
+        # One request must not become an unbounded number of generations.
+        if len(set(self.fan_out)) != len(self.fan_out):
+            raise QuestionError("fan_out names a model twice")
+        if len(self.chain) > MAX_CHAIN_STEPS:
+            raise QuestionError(f"a chain has at most {MAX_CHAIN_STEPS} steps")
+        if self.top_k is not None and not 1 <= self.top_k <= 50:
+            raise QuestionError(f"top_k must be between 1 and 50, not {self.top_k}")
+        if any(len(step.instruction) > MAX_TURN_CHARS for step in self.chain):
+            raise QuestionError(f"a chain instruction has over {MAX_TURN_CHARS} characters")
 
 
 @dataclass(frozen=True)
@@ -96,9 +124,9 @@ class Stages:
 
     embedder: SentenceEmbedder
     store: Store
-    pii: PresidioPII
-    injection: InjectionDetector
-    output_guard: LlamaGuard
+    # Each with its policy, in run order (rag/compose.py GUARDS).
+    input_guards: tuple[PolicedGuard, ...]
+    output_guards: tuple[PolicedGuard, ...]
     reranker: CrossEncoderReranker | None
     reranker_missing: str
     router: TaskRouter
@@ -106,6 +134,31 @@ class Stages:
     audit: AuditLog
     telemetry: Telemetry
     cache: AnswerCache | None = None
+
+    @property
+    def presidio(self) -> PresidioPII | None:
+        """Presidio, for PII in passages and in stored feedback (None: the PII guard is off)."""
+        guard = find_guard(self.input_guards, "pii")
+        return guard.guard.presidio if guard and isinstance(guard.guard, PresidioGuard) else None
+
+    def guard(self, name: str) -> Guard | None:
+        """A guard by its registered name, for benchmarks and evaluations that time it alone."""
+        found = find_guard((*self.input_guards, *self.output_guards), name)
+        return found.guard if found else None
+
+    # The guards evals/bench_guards.py times alone, by the names it has always used. The
+    # request path never reads these: it runs the lists.
+    @property
+    def pii(self) -> PresidioPII | None:
+        return self.presidio
+
+    @property
+    def injection(self) -> Any:
+        return self.guard("injection")
+
+    @property
+    def output_guard(self) -> Any:
+        return self.guard("llama_guard")
 
 
 def _ms(since: float) -> float:
@@ -129,6 +182,26 @@ def fence_untrusted(text: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ScreenedRequest:
+    """What the input guards made of a request: the verdicts, and the texts the model may
+    see (pseudonymised where the PII policy redacts, secrets replaced)."""
+
+    verdicts: tuple[Verdict, ...]
+    question: str
+    turns: tuple[ChatMessage, ...]
+    chain: tuple[ChainStep, ...]
+
+    @property
+    def blocking(self) -> Verdict | None:
+        return next((v for v in self.verdicts if v.blocks), None)
+
+
+def _turn_verdict(verdict: Verdict, what: str) -> Verdict:
+    # The reason says which text was flagged; it never quotes it.
+    return replace(verdict, reason=f"{what}: {verdict.reason}" if verdict.reason else what)
+
+
 class Pipeline:
     def __init__(self, settings: Settings, stages: Stages) -> None:
         self.settings = settings
@@ -141,29 +214,18 @@ class Pipeline:
         question: str,
         conversation: Conversation | None = None,
         options: AskOptions | None = None,
+        earlier: Sequence[ChatMessage] = (),
     ) -> AsyncGenerator[StreamEvent, None]:
+        """The answer as it is made. `earlier` holds turns a caller supplies (the API's
+        `messages` before the question): untrusted, user and assistant turns alike, they are
+        screened here with the question before any of them reaches the prompt."""
         conversation = conversation or Conversation()
         options = options or AskOptions()
-        if options.model is not None and options.model not in self.stages.pool:
-            raise QuestionError(
-                f"unknown model {options.model!r}; choose one of "
-                f"{', '.join(self.stages.pool.models)} or leave it to the router"
-            )
-        for named in (*options.fan_out, *(step.model for step in options.chain)):
-            if named not in self.stages.pool:
-                raise QuestionError(
-                    f"unknown model {named!r}; choose from {', '.join(self.stages.pool.models)}"
-                )
-        if options.fan_out and options.chain:
-            raise QuestionError("ask for a fan-out or a chain, not both")
-        # One request must not become an unbounded number of generations.
-        if len(set(options.fan_out)) != len(options.fan_out):
-            raise QuestionError("fan_out names a model twice")
-        if len(options.chain) > MAX_CHAIN_STEPS:
-            raise QuestionError(f"a chain has at most {MAX_CHAIN_STEPS} steps")
-        if options.top_k is not None and not 1 <= options.top_k <= 50:
-            raise QuestionError(f"top_k must be between 1 and 50, not {options.top_k}")
-        run = _Run(self, validate_question(question), conversation, options)
+        options.validate(tuple(self.stages.pool.models))
+        earlier = tuple(earlier)[-CONVERSATION_TURNS_CHECKED:]
+        if any(len(turn.content) > MAX_TURN_CHARS for turn in earlier):
+            raise QuestionError(f"an earlier message has over {MAX_TURN_CHARS} characters")
+        run = _Run(self, validate_question(question), conversation, options, earlier)
         # Closing this stream (the asker left) closes the run's at once, down to the model.
         async with contextlib.aclosing(run.events()) as events:
             async for event in events:
@@ -174,11 +236,73 @@ class Pipeline:
         question: str,
         conversation: Conversation | None = None,
         options: AskOptions | None = None,
+        earlier: Sequence[ChatMessage] = (),
     ) -> Answer:
-        async for event in self.stream(question, conversation, options):
+        async for event in self.stream(question, conversation, options, earlier):
             if isinstance(event, Final):
                 return event.answer
         raise RuntimeError("the pipeline ended without an answer")
+
+    # ---- guard decisions front ends ask for ----------------------------------------------
+
+    async def screen_request(
+        self,
+        question: str,
+        vault: PseudonymVault,
+        earlier: Sequence[ChatMessage] = (),
+        chain: Sequence[ChainStep] = (),
+        history: Sequence[ChatMessage] = (),
+    ) -> ScreenedRequest:
+        """The input guards on the question, on each earlier turn and chain instruction, and
+        on the conversation as a whole (a request split over two turns reads whole only
+        there). Earlier turns a caller supplies, assistant turns too, are the caller's text:
+        checked like user turns. `history` (this conversation's own turns, each screened when
+        it was asked) joins only the whole-conversation check, by its user turns."""
+        guards = self.stages.input_guards
+        context = GuardContext(checked_as="question", vault=vault)
+        turn = replace(context, checked_as="turn")
+        recent = list(earlier)[-CONVERSATION_TURNS_CHECKED:]
+        asked = [t for t in history if t.role == "user"][-CONVERSATION_TURNS_CHECKED:]
+        screenings = await asyncio.gather(
+            screen(guards, question, context),
+            *(screen(guards, t.content, turn) for t in recent),
+            # A chain instruction is read by the model like the question.
+            *(screen(guards, s.instruction, context) for s in chain),
+        )
+        verdicts = list(screenings[0].verdicts)
+        names = [f"earlier {t.role} turn {n}" for n, t in enumerate(recent, start=1)]
+        names += [f"chain instruction {n}" for n in range(1, len(chain) + 1)]
+        for name, screening in zip(names, screenings[1:], strict=True):
+            verdicts += [_turn_verdict(v, name) for v in screening.verdicts if v.blocks]
+        # The conversation read whole: every supplied turn, and the user's turns alone (an
+        # assistant turn between two halves of a request can hide it from the first).
+        users = [t for t in (recent or asked) if t.role == "user"]
+        wholes = dict.fromkeys(
+            "\n".join([*(t.content for t in turns), question]) for turns in (recent, users) if turns
+        )
+        # Only the guards that screen (not those that redact): the parts are redacted above.
+        screeners = tuple(g for g in guards if not g.redacts)
+        for joined in await asyncio.gather(*(screen(screeners, w, turn) for w in wholes)):
+            verdicts += [
+                _turn_verdict(v, "the conversation as a whole") for v in joined.verdicts if v.blocks
+            ]
+        turns = tuple(
+            ChatMessage(t.role, s.text)
+            for t, s in zip(recent, screenings[1 : 1 + len(recent)], strict=True)
+        )[-2:]
+        steps = tuple(
+            ChainStep(step.model, s.text)
+            for step, s in zip(chain, screenings[1 + len(recent) :], strict=True)
+        )
+        return ScreenedRequest(tuple(verdicts), screenings[0].text, turns, steps)
+
+    def pseudonymise(self, text: str) -> str | None:
+        """`text` with personal data replaced by placeholders, for keeping it (feedback
+        comments); None when the PII guard cannot run, so nothing unchecked is kept."""
+        presidio = self.stages.presidio
+        if presidio is None or not presidio.available:
+            return None
+        return presidio.pseudonymise(text, PseudonymVault())[0]
 
     # ---- stages that run in worker threads ------------------------------------------------
 
@@ -212,13 +336,128 @@ def citations_of(hits: Sequence[Hit]) -> tuple[Citation, ...]:
     )
 
 
-def _first_blocking(checks: list[asyncio.Task[Verdict]], policy: Any) -> Verdict | None:
-    for check in checks:
-        if check.done() and not check.cancelled() and check.exception() is None:
-            verdict = apply_policy(check.result(), policy)
-            if verdict.flagged and verdict.blocks:
-                return verdict
-    return None
+def apply_chunk_verdicts(
+    hits: Sequence[Hit], retrieval: RetrievalSettings
+) -> tuple[list[Hit], str]:
+    """Chunks ingest flagged, by `retrieval.flagged_chunks`: dropped, or kept to be fenced."""
+    flagged = [h for h in hits if h.chunk.flagged]
+    if not flagged:
+        return list(hits), "no flagged chunks"
+    if retrieval.flagged_chunks == "drop":
+        kept = [h for h in hits if not h.chunk.flagged]
+        return kept, f"dropped {len(flagged)} chunk(s) flagged as injection at ingest"
+    return list(hits), f"fenced {len(flagged)} chunk(s) flagged as injection at ingest"
+
+
+def protect_passages(
+    hits: Sequence[Hit], policy: str, presidio: PresidioPII, vault: PseudonymVault
+) -> list[str]:
+    """PII in retrieved text, by policy: `pseudonymise` shares the conversation's
+    placeholders (the asker sees values restored), `redact` leaves only the type."""
+    protected = []
+    for hit in hits:
+        if policy == "pseudonymise":
+            text, _ = presidio.pseudonymise(hit.chunk.text, vault)
+        else:
+            text = hit.chunk.text
+            for finding in reversed(presidio.find(text)):
+                text = f"{text[: finding.start]}[{finding.entity_type}]{text[finding.end :]}"
+        protected.append(text)
+    return protected
+
+
+def prompt_messages(
+    system_prompt: str,
+    turns: Sequence[ChatMessage],
+    question: str,
+    hits: Sequence[Hit],
+    texts: Sequence[str],
+) -> list[ChatMessage]:
+    """The model's prompt: system prompt, the last exchange, then passages and question."""
+    passages = []
+    for number, (hit, text) in enumerate(zip(hits, texts, strict=True), start=1):
+        shown = fence_untrusted(text) if hit.chunk.flagged else text
+        passages.append(f"[{number}] ({hit.chunk.location})\n{shown}")
+    context = "\n\n".join(passages) if passages else "(no passages found)"
+    messages = [ChatMessage("system", system_prompt)]
+    # The last exchange only: a 2k-token model has no room for more beside the passages.
+    messages += list(turns)[-2:]
+    messages.append(ChatMessage("user", f"Context:\n{context}\n\nQuestion: {question}"))
+    return messages
+
+
+def answer_cache_key(
+    user: str,
+    question: str,
+    route: Route,
+    hits: Sequence[Hit],
+    messages: Sequence[ChatMessage],
+) -> CacheKey:
+    """What makes two answers the same: asker, question, route, passages, and what else the
+    model saw (system prompt and earlier turns; the last message is question and passages).
+    `messages` are the prompt without the request's canary, or nothing would ever match."""
+    return CacheKey(
+        user=user,
+        question=normalise_question(question),
+        task=route.task,
+        model=route.model,
+        chunk_ids=tuple(h.chunk.id for h in hits),
+        context=context_digest(list(messages[:-1])),
+    )
+
+
+def cache_bypass(cache: AnswerCache | None, options: AskOptions, vault: PseudonymVault) -> str:
+    """Why this answer must not be cached; empty when it may be."""
+    if cache is None:
+        return "cache disabled in settings (cache.enabled: false)"
+    if options.model is not None or options.fan_out or options.chain:
+        return "bypassed: models chosen by the asker"
+    if len(vault):
+        # Placeholders mean somebody's personal data: an answer holding them is never
+        # kept, so nobody can be served another conversation's restored values.
+        return "bypassed: the conversation holds personal data"
+    return ""
+
+
+class WindowedOutputCheck:
+    """The output guards read an answer while it streams: each window of text so far is
+    checked in the background, so the stream never waits for a guard, and the first window a
+    guard blocks stops generation. The finished answer is checked whole once more."""
+
+    def __init__(
+        self, guards: Sequence[PolicedGuard], context: GuardContext, window_chars: int
+    ) -> None:
+        self.guards = tuple(g for g in guards if g.available)
+        self.context = context
+        self.window_chars = window_chars
+        self._next_window = window_chars
+        self._checks: list[asyncio.Task[Screening]] = []
+
+    @property
+    def windows(self) -> int:
+        return len(self._checks)
+
+    def feed(self, so_far: str) -> Verdict | None:
+        """Starts a check when `so_far` passes a window's end; the first blocking verdict of
+        a check that has finished, if any."""
+        if self.guards and self.window_chars and len(so_far) >= self._next_window:
+            self._checks.append(asyncio.create_task(screen(self.guards, so_far, self.context)))
+            self._next_window = len(so_far) + self.window_chars
+        for check in self._checks:
+            if check.done() and not check.cancelled() and check.exception() is None:
+                blocking = check.result().blocking
+                if blocking is not None:
+                    return blocking
+        return None
+
+    def cancel(self) -> None:
+        for check in self._checks:
+            check.cancel()
+
+    async def whole(self, guards: Sequence[PolicedGuard], text: str) -> tuple[Verdict, ...]:
+        """Every output guard on the finished answer (windows only ever saw prefixes)."""
+        self.cancel()
+        return (await screen(guards, text, self.context)).verdicts
 
 
 def _served_text(served: list[Served]) -> str:
@@ -231,16 +470,16 @@ def _served_text(served: list[Served]) -> str:
     return f"{who.model} at {who.where}{failover}"
 
 
-def _cancel(checks: list[asyncio.Task[Verdict]]) -> None:
-    for check in checks:
-        check.cancel()
-
-
 class _Run:
     """The state of one request while it flows through the stages."""
 
     def __init__(
-        self, pipeline: Pipeline, question: str, conversation: Conversation, options: AskOptions
+        self,
+        pipeline: Pipeline,
+        question: str,
+        conversation: Conversation,
+        options: AskOptions,
+        earlier: tuple[ChatMessage, ...],
     ) -> None:
         self.p = pipeline
         self.options = options
@@ -248,15 +487,27 @@ class _Run:
         self.settings = pipeline.settings
         self.question = question
         self.conversation = conversation
+        self.earlier = earlier
         self.request_id = uuid.uuid4().hex
+        # Derived from the request, so the same request builds the same prompt (greedy
+        # answers and the cache stay reproducible); another request gets another canary.
+        self.canary = new_canary(f"{conversation.user}\x00{question}\x00{len(conversation.turns)}")
         self.started = time.perf_counter()
         self.reports: list[StageReport] = []
         self.verdicts: list[Verdict] = []
         self.route: Route | None = None
+        self.model_question = question
+        self.chain = options.chain
+        self.hits: list[Hit] = []
         self.used_hits: list[Hit] = []
+        self.passages: list[str] = []
         self.prompt: tuple[ChatMessage, ...] = ()
         self.first_token_ms: float | None = None
         self.usage = TokenUsage()
+        self.finished = False
+        self.retrieval: asyncio.Task[list[Hit]] | None = None
+        self.cache_key: CacheKey | None = None
+        self.question_vector: Any = None
 
     def _report(self, name: str, status: Any, ms: float, detail: str = "") -> StageEvent:
         # Reported as each stage ends, so it started `ms` ago.
@@ -267,168 +518,205 @@ class _Run:
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         # Retrieval does not depend on the guards' verdicts, so it starts now; its results are
         # used only if the guards let the question through.
-        retrieval_started = time.perf_counter()
-        retrieval = asyncio.create_task(
+        self.retrieval = asyncio.create_task(
             asyncio.to_thread(self.p.retrieve, self.question, self.conversation.user)
         )
-
-        guards_started = time.perf_counter()
-        context = GuardContext(checked_as="question")
-        pii_raw, injection_raw = await asyncio.gather(
-            self.s.pii.check(self.question, context, self.conversation.vault),
-            self.s.injection.check(self.question, context),
+        steps: tuple[Callable[[], AsyncGenerator[StreamEvent, None]], ...] = (
+            self._screen_input,
+            self._retrieve,
+            self._drop_or_fence_flagged_chunks,
+            self._rerank,
+            self._protect_passages,
+            self._route,
+            self._refuse_if_output_unchecked,
+            self._cached_answer,
+            self._generate_and_check,
         )
-        pii = apply_policy(pii_raw, self.settings.guards.pii.policy)
-        injection = apply_policy(injection_raw, self.settings.guards.injection.policy)
-        self.verdicts += [pii, injection]
-        yield self._report("input_guards", "ran", _ms(guards_started))
+        try:
+            for step in steps:
+                # aclosing: a caller that leaves mid-step closes the step at once (down to
+                # the model's stream), not when the garbage collector gets to it.
+                async with contextlib.aclosing(step()) as events:
+                    async for event in events:
+                        yield event
+                if self.finished:
+                    return
+        finally:
+            if not self.retrieval.done():
+                self.retrieval.cancel()
 
-        blocking = next((v for v in (injection, pii) if v.blocks), None)
+    # ---- the stages, in order ---------------------------------------------------------
+
+    async def _screen_input(self) -> AsyncGenerator[StreamEvent, None]:
+        started = time.perf_counter()
+        screened = await self.p.screen_request(
+            self.question,
+            self.conversation.vault,
+            self.earlier,
+            self.options.chain,
+            history=() if self.earlier else self.conversation.turns,
+        )
+        self.verdicts += screened.verdicts
+        yield self._report("input_guards", "ran", _ms(started))
+        blocking = screened.blocking
         if blocking is not None:
-            retrieval.cancel()
+            assert self.retrieval is not None
+            self.retrieval.cancel()
             yield self._report(
                 "retrieve", "cancelled", 0.0, f"question blocked by {blocking.guard}"
             )
             yield self._finish(refusal_text(blocking), "blocked")
             return
+        # What the model may see: secrets replaced, pseudonymised when the PII policy redacts.
+        self.model_question = screened.question
+        self.chain = screened.chain
+        if self.earlier:
+            self.conversation.turns = list(screened.turns)
 
-        # What the model may see: pseudonymised when the PII policy redacts.
-        model_question = (
-            pii.sanitized_text if pii.action == "redact" and pii.sanitized_text else self.question
-        )
-
+    async def _retrieve(self) -> AsyncGenerator[StreamEvent, None]:
+        assert self.retrieval is not None
+        started = time.perf_counter()
         try:
-            hits = await retrieval
+            hits = await self.retrieval
         except Exception as exc:  # noqa: BLE001 - any store fault becomes a visible failed answer
-            yield self._report("retrieve", "failed", _ms(retrieval_started), str(exc))
+            yield self._report("retrieve", "failed", _ms(started), str(exc))
             yield self._finish(f"Retrieval failed: {exc}", "failed")
             return
         # Fused ranks tie often (RRF): ties go by chunk id, so the same question always
         # builds the same prompt (and the cache can recognise it).
-        hits = sorted(hits, key=lambda h: (-h.score, h.chunk.id))
-        yield self._report("retrieve", "ran", _ms(retrieval_started), f"{len(hits)} candidates")
+        self.hits = sorted(hits, key=lambda h: (-h.score, h.chunk.id))
+        yield self._report("retrieve", "ran", _ms(started), f"{len(hits)} candidates")
 
-        hits, chunk_note = self._apply_chunk_verdicts(hits)
-        yield self._report("chunk_verdicts", "ran", 0.0, chunk_note)
+    async def _drop_or_fence_flagged_chunks(self) -> AsyncGenerator[StreamEvent, None]:
+        self.hits, note = apply_chunk_verdicts(self.hits, self.settings.retrieval)
+        yield self._report("chunk_verdicts", "ran", 0.0, note)
 
-        rerank_started = time.perf_counter()
+    async def _rerank(self) -> AsyncGenerator[StreamEvent, None]:
+        started = time.perf_counter()
         top_k = self.options.top_k or self.settings.retrieval.top_k
-        if self.s.reranker is not None:
-            hits = await asyncio.to_thread(self.s.reranker.rerank, self.question, hits, top_k)
-            yield self._report("rerank", "ran", _ms(rerank_started), self.s.reranker.name)
+        reranker = self.s.reranker
+        if reranker is not None:
+            self.used_hits = await asyncio.to_thread(
+                reranker.rerank, self.question, self.hits, top_k
+            )
+            yield self._report("rerank", "ran", _ms(started), reranker.name)
         else:
-            hits = hits[:top_k]
+            self.used_hits = self.hits[:top_k]
             yield self._report("rerank", "skipped", 0.0, self.s.reranker_missing)
-        self.used_hits = hits
 
-        chunk_policy = self.settings.guards.pii.chunks
-        if chunk_policy == "keep":
-            passages = [h.chunk.text for h in hits]
-        else:
-            pii_started = time.perf_counter()
-            passages = await asyncio.to_thread(self._protect_passages, hits, chunk_policy)
-            yield self._report("chunk_pii", "ran", _ms(pii_started), f"policy {chunk_policy}")
+    async def _protect_passages(self) -> AsyncGenerator[StreamEvent, None]:
+        policy = self.settings.guards.pii.chunks
+        presidio = self.s.presidio
+        if policy == "keep" or presidio is None:
+            self.passages = [h.chunk.text for h in self.used_hits]
+            return
+        started = time.perf_counter()
+        self.passages = await asyncio.to_thread(
+            protect_passages, self.used_hits, policy, presidio, self.conversation.vault
+        )
+        yield self._report("chunk_pii", "ran", _ms(started), f"policy {policy}")
 
-        route_started = time.perf_counter()
+    async def _route(self) -> AsyncGenerator[StreamEvent, None]:
+        started = time.perf_counter()
         # Embedding the question and scoring hints is CPU work: off the event loop, which
         # serves every other request (and /healthz) meanwhile.
-        self.route = await asyncio.to_thread(
-            self.s.router.route, model_question, self.options.task_hints
+        route = await asyncio.to_thread(
+            self.s.router.route, self.model_question, self.options.task_hints
         )
         if self.options.model is not None:
-            self.route = Route(
-                self.route.task, self.options.model, 1.0, "model chosen by the asker"
+            route = Route(route.task, self.options.model, 1.0, "model chosen by the asker")
+        self.route = route
+        yield self._report("route", "ran", _ms(started), f"{route.task} → {route.model}")
+
+    async def _refuse_if_output_unchecked(self) -> AsyncGenerator[StreamEvent, None]:
+        # When an output guard cannot run and policy forbids unchecked text, generating is
+        # wasted work: the answer could never be shown.
+        for guard in self.s.output_guards:
+            if guard.available:
+                continue
+            verdict = await guard.check("", GuardContext(checked_as="answer"))
+            if verdict.blocks:
+                self.verdicts.append(verdict)
+                yield self._report(
+                    "generate", "skipped", 0.0, f"{guard.name} unavailable; policy blocks"
+                )
+                yield self._finish(refusal_text(verdict), "blocked")
+                return
+
+    async def _cached_answer(self) -> AsyncGenerator[StreamEvent, None]:
+        assert self.route is not None
+        messages = prompt_messages(
+            self.settings.generation.system_prompt,
+            self.conversation.turns,
+            self.model_question,
+            self.used_hits,
+            self.passages,
+        )
+        self.prompt = tuple(messages)
+        cache = self.s.cache
+        bypass = cache_bypass(cache, self.options, self.conversation.vault)
+        if cache is None or bypass:
+            yield self._report("cache", "skipped", 0.0, bypass)
+            return
+        started = time.perf_counter()
+        self.cache_key = answer_cache_key(
+            self.conversation.user, self.model_question, self.route, self.used_hits, messages
+        )
+        if cache.semantic_threshold is not None:
+            self.question_vector = await asyncio.to_thread(
+                self.s.embedder.embed_query, self.model_question
             )
-        yield self._report(
-            "route", "ran", _ms(route_started), f"{self.route.task} → {self.route.model}"
+        hit = cache.get(self.cache_key, self.question_vector)
+        if hit is None:
+            yield self._report("cache", "ran", _ms(started), "miss")
+            return
+        detail = f"hit: {hit.kind} ({hit.similarity:.3f})"
+        yield self._report("cache", "ran", _ms(started), detail)
+        self.verdicts += await self._cached_output_verdicts(hit.answer)
+        self.first_token_ms = _ms(self.started)
+        yield TextDelta(hit.answer.text)
+        self._remember(hit.answer.text)
+        yield self._finish(hit.answer.text, "answered")
+
+    async def _cached_output_verdicts(self, cached: CachedAnswer) -> list[Verdict]:
+        # The cache keeps the last output guard's verdict (the model's, which is what makes a
+        # cached answer worth having); the others are cheap and run again on the text.
+        others = [g for g in self.s.output_guards if g.name != cached.output_verdict.guard]
+        context = self._answer_context()
+        verdicts = (await screen(others, cached.text, context)).verdicts if others else ()
+        return [*verdicts, cached.output_verdict]
+
+    def _answer_context(self) -> GuardContext:
+        return GuardContext(
+            checked_as="answer",
+            question=self.model_question,
+            system_prompt=self.settings.generation.system_prompt,
+            canary=self.canary,
         )
 
-        # When the output guard cannot run and policy forbids unchecked text, generating is
-        # wasted work: the answer could never be shown.
-        guard = self.s.output_guard
-        if not guard.available:
-            guard_verdict = apply_policy(
-                await guard.check("", GuardContext(checked_as="answer")),
-                self.settings.guards.output.policy,
-            )
-            if guard_verdict.blocks:
-                self.verdicts.append(guard_verdict)
-                yield self._report(
-                    "generate", "skipped", 0.0, "output guard unavailable; policy blocks"
-                )
-                yield self._finish(refusal_text(guard_verdict), "blocked")
-                return
-
-        messages = self._messages(model_question, hits, passages)
-        self.prompt = tuple(messages)
-
-        cache_started = time.perf_counter()
-        cache_key, bypass = self._cache_key(model_question, messages)
-        question_vector = None
-        if cache_key is not None and self.s.cache is not None:
-            if self.s.cache.semantic_threshold is not None:
-                question_vector = await asyncio.to_thread(
-                    self.s.embedder.embed_query, model_question
-                )
-            hit = self.s.cache.get(cache_key, question_vector)
-            if hit is not None:
-                yield self._report(
-                    "cache", "ran", _ms(cache_started), f"hit: {hit.kind} ({hit.similarity:.3f})"
-                )
-                self.verdicts.append(hit.answer.output_verdict)
-                self.first_token_ms = _ms(self.started)
-                yield TextDelta(hit.answer.text)
-                self.conversation.turns += [
-                    ChatMessage("user", model_question),
-                    ChatMessage("assistant", hit.answer.text),
-                ]
-                yield self._finish(hit.answer.text, "answered")
-                return
-            yield self._report("cache", "ran", _ms(cache_started), "miss")
-        else:
-            yield self._report("cache", "skipped", 0.0, bypass)
+    async def _generate_and_check(self) -> AsyncGenerator[StreamEvent, None]:
+        assert self.route is not None
         served: list[Served] = []
         restorer = StreamRestorer(self.conversation.vault)
-        pseudonymised_answer: list[str] = []
+        pseudonymised: list[str] = []
         shown: list[str] = []
-        generate_started = time.perf_counter()
-        answer_context = GuardContext(checked_as="answer", question=model_question)
-        policy = self.settings.guards.output.policy
-        window_chars = self.settings.guards.output.window_chars
-        # The output guard reads the answer while it streams: each window is checked in the
-        # background, so the stream never waits for the guard, and the first unsafe window
-        # stops generation and retracts what was shown.
-        window_checks: list[asyncio.Task[Verdict]] = []
-        next_window = window_chars
+        started = time.perf_counter()
+        windows = WindowedOutputCheck(
+            self.s.output_guards,
+            self._answer_context(),
+            self.settings.guards.output.window_chars,
+        )
         unsafe: Verdict | None = None
         multi_detail: list[str] = []
-        if self.options.fan_out or self.options.chain:
-            stream = self._several_models(model_question, messages, multi_detail)
-        else:
-            stream = self.s.pool.stream(
-                self.route.model,
-                messages,
-                self.settings.generation.max_tokens,
-                self.settings.generation.temperature,
-                priority=self.options.priority,
-                served=served,
-                usage=self.usage,
-            )
         try:
             # aclosing: leaving the loop early (an unsafe window) closes the stream at once,
             # which aborts the request in vLLM instead of letting it generate on unseen.
-            async with contextlib.aclosing(stream) as deltas:
+            async with contextlib.aclosing(self._deltas(served, multi_detail)) as deltas:
                 async for delta in deltas:
                     if self.first_token_ms is None:
                         self.first_token_ms = _ms(self.started)
-                    pseudonymised_answer.append(delta)
-                    so_far = "".join(pseudonymised_answer)
-                    if guard.available and window_chars and len(so_far) >= next_window:
-                        window_checks.append(
-                            asyncio.create_task(guard.check(so_far, answer_context))
-                        )
-                        next_window = len(so_far) + window_chars
-                    unsafe = _first_blocking(window_checks, policy)
+                    pseudonymised.append(delta)
+                    unsafe = windows.feed("".join(pseudonymised))
                     if unsafe is not None:
                         break
                     visible = restorer.feed(delta)
@@ -441,23 +729,113 @@ class _Run:
                     shown.append(tail)
                     yield TextDelta(tail)
         except (ModelUnavailable, PoolSaturated) as exc:
-            _cancel(window_checks)
-            yield self._report("generate", "failed", _ms(generate_started), str(exc))
-            if isinstance(exc, PromptTooLong) and not shown:
-                # The asker's to fix, not the model's: audited and counted like any failed
-                # request, then refused like a question that is too long (a 400 in the API).
-                self._finish(str(exc), "failed")
-                raise QuestionError(str(exc)) from exc
-            if shown:
-                yield Retraction(str(exc))
-            busy = isinstance(exc, PoolSaturated)
-            message = f"The models are busy: {exc}. Try again shortly." if busy else str(exc)
-            yield self._finish(message, "busy" if busy else "failed")
+            windows.cancel()
+            async for event in self._generation_failed(exc, started, bool(shown)):
+                yield event
             return
         except BaseException:
             # Closed early or cancelled: no window check may outlive the request.
-            _cancel(window_checks)
+            windows.cancel()
             raise
+        self._note_fallback(served)
+        detail = (
+            (_served_text(served) or "; ".join(multi_detail))
+            if unsafe is None
+            else ("stopped: an output-guard window was unsafe")
+        )
+        status = "ran" if unsafe is None else "cancelled"
+        yield self._report("generate", status, _ms(started), detail)
+        async for event in self._check_answer(windows, unsafe, "".join(pseudonymised), shown):
+            yield event
+
+    async def _check_answer(
+        self,
+        windows: WindowedOutputCheck,
+        unsafe: Verdict | None,
+        answer: str,
+        shown: list[str],
+    ) -> AsyncIterator[StreamEvent]:
+        started = time.perf_counter()
+        guards = self.s.output_guards
+        if unsafe is None:
+            verdicts = await windows.whole(guards, answer)
+        else:
+            windows.cancel()
+            # The window that stopped the answer is the verdict; the rest never judged it whole.
+            verdicts = (unsafe,)
+        self.verdicts += verdicts
+        summary = "; ".join(f"{v.guard}: {v.reason or v.outcome}" for v in verdicts)
+        ran = any(g.available for g in guards)
+        yield self._report(
+            "output_guard",
+            "ran" if ran else "skipped",
+            _ms(started),
+            f"{summary} ({windows.windows} window(s))",
+        )
+        blocking = next((v for v in verdicts if v.blocks), None)
+        if blocking is not None:
+            yield Retraction(blocking.reason)
+            yield self._finish(refusal_text(blocking), "refused")
+            return
+        text = "".join(shown).strip()
+        # Only answers every output guard passed, or that no guard could ever check (none is
+        # installed): text let through during a guard outage is not kept for later.
+        checked = all(
+            v.outcome == "allow" or not g.available for g, v in zip(guards, verdicts, strict=True)
+        )
+        if (
+            self.cache_key is not None
+            and self.s.cache is not None
+            and text
+            and checked
+            and verdicts
+        ):
+            assert self.route is not None
+            self.s.cache.put(
+                self.cache_key,
+                self.question_vector,
+                CachedAnswer(text, self.route, self._citations(), verdicts[-1], time.time()),
+            )
+        self._remember(answer.strip())
+        yield self._finish(text, "answered")
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _deltas(self, served: list[Served], detail: list[str]) -> AsyncGenerator[str, None]:
+        """The answer's text as the model makes it. The prompt the model gets carries this
+        request's canary in its system prompt; the one kept on the answer does not."""
+        assert self.route is not None
+        system = with_canary(self.settings.generation.system_prompt, self.canary)
+        messages = [ChatMessage("system", system), *self.prompt[1:]]
+        if self.options.fan_out or self.options.chain:
+            return self._several_models(self.model_question, messages, detail)
+        return self.s.pool.stream(
+            self.route.model,
+            messages,
+            self.settings.generation.max_tokens,
+            self.settings.generation.temperature,
+            priority=self.options.priority,
+            served=served,
+            usage=self.usage,
+        )
+
+    async def _generation_failed(
+        self, exc: ModelUnavailable | PoolSaturated, started: float, shown: bool
+    ) -> AsyncIterator[StreamEvent]:
+        yield self._report("generate", "failed", _ms(started), str(exc))
+        if isinstance(exc, PromptTooLong) and not shown:
+            # The asker's to fix, not the model's: audited and counted like any failed
+            # request, then refused like a question that is too long (a 400 in the API).
+            self._finish(str(exc), "failed")
+            raise QuestionError(str(exc)) from exc
+        if shown:
+            yield Retraction(str(exc))
+        busy = isinstance(exc, PoolSaturated)
+        message = f"The models are busy: {exc}. Try again shortly." if busy else str(exc)
+        yield self._finish(message, "busy" if busy else "failed")
+
+    def _note_fallback(self, served: list[Served]) -> None:
+        assert self.route is not None
         if served and served[0].model != self.route.model:
             self.route = Route(
                 self.route.task,
@@ -466,68 +844,21 @@ class _Run:
                 f"{self.route.reason}; fallback after {self.route.model} failed",
                 self.route.runner_up,
             )
-        yield self._report(
-            "generate",
-            "ran" if unsafe is None else "cancelled",
-            _ms(generate_started),
-            (_served_text(served) or "; ".join(multi_detail))
-            if unsafe is None
-            else "stopped: an output-guard window was unsafe",
-        )
 
-        guard_started = time.perf_counter()
-        answer_for_guard = "".join(pseudonymised_answer)
-        if unsafe is None:
-            # The whole answer, once more: windows only ever saw prefixes of it.
-            _cancel(window_checks)
-            guard_verdict = apply_policy(
-                await guard.check(answer_for_guard, answer_context), policy
-            )
-        else:
-            _cancel(window_checks)
-            guard_verdict = unsafe
-        self.verdicts.append(guard_verdict)
-        yield self._report(
-            "output_guard",
-            "ran" if guard.available else "skipped",
-            _ms(guard_started),
-            f"{guard_verdict.reason or guard_verdict.outcome} ({len(window_checks)} window(s))",
-        )
-        if guard_verdict.blocks:
-            yield Retraction(guard_verdict.reason)
-            yield self._finish(refusal_text(guard_verdict), "refused")
-            return
-
-        text = "".join(shown).strip()
-        # Only answers the output guard passed, or that no guard could ever check (none is
-        # installed): text let through during a guard outage is not kept for later.
-        checked = guard_verdict.outcome == "allow" or not guard.available
-        if cache_key is not None and self.s.cache is not None and text and checked:
-            self.s.cache.put(
-                cache_key,
-                question_vector,
-                CachedAnswer(text, self.route, self._citations(), guard_verdict, time.time()),
-            )
+    def _remember(self, answer: str) -> None:
         self.conversation.turns += [
-            ChatMessage("user", model_question),
-            ChatMessage("assistant", answer_for_guard.strip()),
+            ChatMessage("user", self.model_question),
+            ChatMessage("assistant", answer),
         ]
-        yield self._finish(text, "answered")
-
-    # ---- helpers ----------------------------------------------------------------------
 
     async def _several_models(
         self, question: str, messages: Sequence[ChatMessage], detail: list[str]
     ) -> AsyncGenerator[str, None]:
         """Fan-out and merge, or a chain: the whole answer arrives at once, as one delta."""
         generation = self.settings.generation
-        if self.options.chain:
+        if self.chain:
             outputs = await run_chain(
-                self.s.pool,
-                self.options.chain,
-                messages,
-                generation.max_tokens,
-                generation.temperature,
+                self.s.pool, self.chain, messages, generation.max_tokens, generation.temperature
             )
             detail.append("chain: " + " → ".join(o.model for o in outputs))
             text = outputs[-1].text
@@ -555,73 +886,11 @@ class _Run:
             text = merged.text
         yield text
 
-    def _cache_key(
-        self, model_question: str, messages: Sequence[ChatMessage]
-    ) -> tuple[CacheKey | None, str]:
-        """The answer's cache key, or why this answer must not be cached."""
-        if self.s.cache is None:
-            return None, "cache disabled in settings (cache.enabled: false)"
-        if self.options.model is not None or self.options.fan_out or self.options.chain:
-            return None, "bypassed: models chosen by the asker"
-        if len(self.conversation.vault):
-            # Placeholders mean somebody's personal data: an answer holding them is never
-            # kept, so nobody can be served another conversation's restored values.
-            return None, "bypassed: the conversation holds personal data"
-        assert self.route is not None
-        # What else the model saw besides the question and passages: the system prompt and
-        # the earlier turns (the last message is the question with its passages).
-        context = context_digest([m for m in messages[:-1]])
-        key = CacheKey(
-            user=self.conversation.user,
-            question=normalise_question(model_question),
-            task=self.route.task,
-            model=self.route.model,
-            chunk_ids=tuple(h.chunk.id for h in self.used_hits),
-            context=context,
-        )
-        return key, ""
-
-    def _apply_chunk_verdicts(self, hits: list[Hit]) -> tuple[list[Hit], str]:
-        flagged = [h for h in hits if h.chunk.flagged]
-        if not flagged:
-            return hits, "no flagged chunks"
-        if self.settings.retrieval.flagged_chunks == "drop":
-            kept = [h for h in hits if not h.chunk.flagged]
-            return kept, f"dropped {len(flagged)} chunk(s) flagged as injection at ingest"
-        return hits, f"fenced {len(flagged)} chunk(s) flagged as injection at ingest"
-
-    def _protect_passages(self, hits: Sequence[Hit], policy: str) -> list[str]:
-        """PII in retrieved text, by policy: `pseudonymise` shares the conversation's
-        placeholders (the asker sees values restored), `redact` leaves only the type."""
-        protected = []
-        for hit in hits:
-            if policy == "pseudonymise":
-                text, _ = self.s.pii.pseudonymise(hit.chunk.text, self.conversation.vault)
-            else:
-                text = hit.chunk.text
-                for finding in reversed(self.s.pii.find(text)):
-                    text = f"{text[: finding.start]}[{finding.entity_type}]{text[finding.end :]}"
-            protected.append(text)
-        return protected
-
-    def _messages(
-        self, question: str, hits: Sequence[Hit], texts: Sequence[str]
-    ) -> list[ChatMessage]:
-        passages = []
-        for number, (hit, text) in enumerate(zip(hits, texts, strict=True), start=1):
-            shown = fence_untrusted(text) if hit.chunk.flagged else text
-            passages.append(f"[{number}] ({hit.chunk.location})\n{shown}")
-        context = "\n\n".join(passages) if passages else "(no passages found)"
-        messages = [ChatMessage("system", self.settings.generation.system_prompt)]
-        # The last exchange only: a 2k-token model has no room for more beside the passages.
-        messages += self.conversation.turns[-2:]
-        messages.append(ChatMessage("user", f"Context:\n{context}\n\nQuestion: {question}"))
-        return messages
-
     def _citations(self) -> tuple[Citation, ...]:
         return citations_of(self.used_hits)
 
     def _finish(self, text: str, status: AnswerStatus) -> Final:
+        self.finished = True
         self.reports.append(StageReport("total", "ran", _ms(self.started)))
         answer = Answer(
             request_id=self.request_id,

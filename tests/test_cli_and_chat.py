@@ -188,7 +188,13 @@ def test_ask_json_answers_with_citations_and_exits(provisioned: Settings, tmp_pa
     answer = json.loads(done.stdout)
     assert answer["status"] == "answered" and "14" in answer["text"]
     assert answer["citations"][0]["path"] == "examples/handbook/security-and-it.md"
-    assert {v["guard"] for v in answer["verdicts"]} == {"pii", "injection", "llama_guard"}
+    assert {v["guard"] for v in answer["verdicts"]} == {
+        "pii",
+        "secrets",
+        "injection",
+        "llama_guard",
+        "system_prompt_leak",
+    }
     assert all("sanitized_text" not in v for v in answer["verdicts"])
 
 

@@ -14,148 +14,44 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from limits import parse as parse_rate
-from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rag.generator import PromptTooLong
-from rag.multi import ChainStep, MergeStrategy
-from rag.pipeline import MAX_CHAIN_STEPS, AskOptions, Conversation, Pipeline, QuestionError
-from rag.schema import Answer, ChatMessage, Final, Retraction, StreamEvent, TextDelta
+from rag.multi import ChainStep
+from rag.pipeline import AskOptions, Conversation, Pipeline, QuestionError
+from rag.schema import Answer, Final, StreamEvent, TextDelta
 from rag.settings import Settings
+from rag.shared_state import rate_limit_storage
 from rag.telemetry import PrometheusTelemetry
+from ui.openai_format import (
+    AUTO_MODEL,
+    ChatCompletionRequest,
+    answer_extra,
+    completion,
+    earlier_turns,
+    error_response,
+    parse_request,
+    stream_chunks,
+    stream_error,
+    without_server_paths,
+)
+
+# answer_extra is part of this module's surface (the sources view's tests read it here).
+__all__ = ["Admission", "answer_extra", "build_api", "prompt_too_long_message"]
 
 log = logging.getLogger(__name__)
-
-# The model id that lets the router choose; a name from generation.models fixes the model.
-AUTO_MODEL = "guardrag"
-
-# What one request may hold. The body as a whole is bounded by api.max_body_bytes; these
-# bound each list and string in it, so that no stage loops over a caller's list for long.
-# Messages: OpenAI clients resend the whole conversation, of which the question and the two
-# turns before it are read; 256 is 128 exchanges.
-MAX_MESSAGES = 256
-# Content parts of one message: text parts are joined, others (images) ignored.
-MAX_CONTENT_PARTS = 64
-# The text of one message: 8x the 4,000 characters a question or an earlier turn may have
-# (their own limits, with messages that say so), for the system prompts and older turns
-# clients send and the API does not read.
-MAX_MESSAGE_CHARS = 32_000
-# Task hints are words that name a task or match its keywords (seven tasks, about eight
-# keywords each); routing compares every hint with every keyword, and 200,000 hints took
-# 10.6 s. Sixteen words of 64 characters are more than any task needs.
-MAX_TASK_HINTS = 16
-MAX_HINT_CHARS = 64
-# Model names are keys of generation.models or hub ids (at most 96 characters on the Hub).
-MAX_NAME_CHARS = 128
-# A fan-out is one generation per model, each named once: more than any profile configures.
-MAX_FAN_OUT = 8
-# A content part's type: `text`, `image_url` and the like.
-MAX_PART_TYPE_CHARS = 64
-# Earlier turns and chain instructions go into the prompt and are pseudonymised on every
-# request: bounded like the question, so one caller cannot occupy Presidio (and a core).
-MAX_TURN_CHARS = 4000
-
-_ModelName = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
-
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str = Field(max_length=MAX_PART_TYPE_CHARS)
-    text: str | None = None
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_Part] | None = None
-
-    @property
-    def text(self) -> str:
-        return _text_of(self.content)
-
-    @field_validator("content")
-    @classmethod
-    def _within_limits(cls, content: str | list[_Part] | None) -> str | list[_Part] | None:
-        if isinstance(content, list) and len(content) > MAX_CONTENT_PARTS:
-            raise ValueError(f"a message has at most {MAX_CONTENT_PARTS} content parts")
-        if len(_text_of(content)) > MAX_MESSAGE_CHARS:
-            raise ValueError(f"a message has at most {MAX_MESSAGE_CHARS} characters of text")
-        return content
-
-
-def _text_of(content: str | list[_Part] | None) -> str:
-    if isinstance(content, list):
-        return "".join(p.text or "" for p in content if p.type == "text")
-    return content or ""
-
-
-class _ChainStep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: _ModelName
-    instruction: str = Field(max_length=MAX_TURN_CHARS)
-
-
-class _GuardragOptions(BaseModel):
-    """guardrag's own request options, in an extra `guardrag` object (`extra_body`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    task_hints: list[Annotated[str, Field(max_length=MAX_HINT_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_TASK_HINTS
-    )
-    top_k: int | None = None
-    fan_out: list[_ModelName] = Field(default_factory=list, max_length=MAX_FAN_OUT)
-    merge: MergeStrategy = MergeStrategy.CONSENSUS
-    chain: list[_ChainStep] = Field(default_factory=list, max_length=MAX_CHAIN_STEPS)
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """The OpenAI request fields guardrag uses; sampling fields are accepted and ignored
-    (the profile decides them, so every answer passes the same checks)."""
-
-    model_config = ConfigDict(extra="allow")
-    model: _ModelName = AUTO_MODEL
-    messages: list[_Message] = Field(max_length=MAX_MESSAGES)
-    stream: bool = False
-    stream_options: _StreamOptions | None = None
-    guardrag: _GuardragOptions = Field(default_factory=_GuardragOptions)
-
-
-def _error(
-    status: int,
-    message: str,
-    kind: str,
-    headers: dict[str, str] | None = None,
-    code: str | int | None = None,
-    param: str | None = None,
-) -> Response:
-    error: dict[str, Any] = {
-        "message": message,
-        "type": kind,
-        "code": status if code is None else code,
-    }
-    if param is not None:
-        error["param"] = param
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -171,26 +67,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
         if len(received) > limit:
             return None
     return bytes(received)
-
-
-def _parse_request(raw: bytes) -> ChatCompletionRequest | Response:
-    """The request, or a 400 naming each wrong field and what is wrong with it. Pydantic's
-    `input` (the value sent) is left out, and so is a field name the caller made up."""
-    try:
-        return ChatCompletionRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    problems = []
-    for error in errors:
-        loc = error["loc"][:-1] if error["type"] == "extra_forbidden" else error["loc"]
-        problems.append((".".join(str(part) for part in loc), error["msg"]))
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return _error(
-        400,
-        "; ".join(f"{field or 'body'}: {msg}" for field, msg in problems[:3]) + more,
-        "invalid_request_error",
-        param=problems[0][0] or None,
-    )
 
 
 def _prompt_too_long(exc: BaseException) -> PromptTooLong | None:
@@ -218,59 +94,11 @@ def prompt_too_long_message(error: PromptTooLong, settings: Settings) -> str:
     )
 
 
-# An absolute path of two or more parts that no URL or word runs into: /root/.cache/x/y, not
-# http://host:8000/v1 or and/or.
-_SERVER_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.@+-]+){2,}/?")
-
-
-def without_server_paths(text: str) -> str:
-    """`text` with each file-system path cut to its last part. Reasons we write name models
-    as configured (rag/compose.py); this is for error texts from below (vLLM that cannot
-    start a model from a folder, a store), which callers see in verdicts and stage notes."""
-    return _SERVER_PATH.sub(lambda path: path.group().rstrip("/").rsplit("/", 1)[-1], text)
-
-
 def _unavailable(answer: Answer) -> Response:
     """A failed or busy answer as a 503; its text can hold an error from below."""
-    return _error(503, without_server_paths(answer.text), "model_unavailable", {"Retry-After": "2"})
-
-
-def answer_extra(answer: Answer) -> dict[str, Any]:
-    """What the API tells a caller beyond the text: never the prompt or pseudonymised text,
-    nor this server's file paths."""
-    return {
-        "request_id": answer.request_id,
-        "status": answer.status,
-        "route": None if answer.route is None else asdict(answer.route),
-        "verdicts": [
-            {
-                **{k: v for k, v in asdict(verdict).items() if k != "sanitized_text"},
-                "reason": without_server_paths(verdict.reason),
-            }
-            for verdict in answer.verdicts
-        ],
-        "citations": [asdict(c) for c in answer.citations],
-        "stages": [{**asdict(s), "detail": without_server_paths(s.detail)} for s in answer.stages],
-        "first_token_ms": answer.first_token_ms,
-    }
-
-
-def usage(answer: Answer) -> dict[str, int] | None:
-    """OpenAI's `usage` from the token counts the generator reported, when it did (a cached
-    answer or a fan-out has none)."""
-    prompt, completion = answer.prompt_tokens, answer.completion_tokens
-    if prompt is None or completion is None:
-        return None
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _finish_reason(answer: Answer) -> str:
-    # OpenAI's own name for text a content filter withheld.
-    return "stop" if answer.status == "answered" else "content_filter"
+    return error_response(
+        503, without_server_paths(answer.text), "model_unavailable", {"Retry-After": "2"}
+    )
 
 
 class Admission:
@@ -279,7 +107,8 @@ class Admission:
     def __init__(self, settings: Settings) -> None:
         self.keys = settings.api.keys
         self.rate = parse_rate(settings.api.rate_limit)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        # memory:// by default; redis:// makes a key's rate one across every pod.
+        self.limiter = MovingWindowRateLimiter(rate_limit_storage(settings))
         self.max_concurrent = settings.api.max_concurrent
         self.in_flight = 0
 
@@ -339,7 +168,6 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         title="guardrag", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None
     )
     admission = Admission(settings)
-    pii = pipeline.stages.pii
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -347,15 +175,19 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         # the log holds the traceback under this id.
         error_id = uuid.uuid4().hex[:12]
         log.exception("request failed (error id %s)", error_id)
-        return _error(503, f"the request could not be served (error id {error_id})", "unavailable")
+        return error_response(
+            503, f"the request could not be served (error id {error_id})", "unavailable"
+        )
 
     def refuse(request: Request) -> Response:
         if admission.refused_too_often(request):
-            return _error(429, "too many refused keys from this address", "rate_limit_exceeded")
-        return _error(401, "a valid bearer key is required", "invalid_api_key")
+            return error_response(
+                429, "too many refused keys from this address", "rate_limit_exceeded"
+            )
+        return error_response(401, "a valid bearer key is required", "invalid_api_key")
 
     def throttled(user: str) -> Response:
-        return _error(
+        return error_response(
             429,
             f"rate limit {settings.api.rate_limit} for this key reached",
             "rate_limit_exceeded",
@@ -387,162 +219,179 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         user = admission.user_for(request)
         if user is None:
             return refuse(request)
-        # Room is checked before the key's allowance is spent: a request refused because
-        # the server is full costs the caller nothing. (No await from here to the in-flight
-        # count going up, so no other request can take the room in between.)
-        if not admission.has_room():
-            if not admission.rate_left(user):
-                return throttled(user)
-            return _error(
-                503,
-                f"{admission.in_flight} requests in progress (limit {admission.max_concurrent})",
-                "overloaded",
-                {"Retry-After": "1"},
-            )
-        if not admission.within_rate(user):
-            return throttled(user)
+        # No await from here to the slot being taken, so no other request can take the
+        # room in between.
+        refused = _refused_for_load(admission, user, throttled)
+        if refused is not None:
+            return refused
         rate_headers = admission.rate_headers(user)
         # From here the request holds a slot, so bodies are read and parsed at most
         # max_concurrent at a time.
-        admission.in_flight += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                admission.in_flight -= 1
-
+        slot = _Slot(admission)
         try:
-            limit = settings.api.max_body_bytes
-            raw = await _read_body(request, limit)
-            if raw is None:
-                release()
-                return _error(
-                    413,
-                    f"the request body is over {limit} bytes (api.max_body_bytes)",
-                    "invalid_request_error",
-                )
-            # Parsing a body of up to a megabyte is CPU work: off the event loop.
-            body = await asyncio.to_thread(_parse_request, raw)
-            if isinstance(body, Response):
-                release()
-                return body
-            questions = [m for m in body.messages if m.role == "user"]
-            if not questions:
-                release()
-                return _error(400, "messages hold no user message", "invalid_request_error")
-            conversation = Conversation(user=user)
-            refusal = await _unchecked_text_refusal(body, pipeline)
-            if refusal is not None:
-                release()
-                return _error(400, refusal, "invalid_request_error")
-            conversation.turns, chain = await asyncio.to_thread(
-                _pseudonymised_context, body, conversation, pii
-            )
-            extra = body.guardrag
-            options = AskOptions(
-                task_hints=tuple(extra.task_hints),
-                model=None if body.model in (AUTO_MODEL, "auto") else body.model,
-                top_k=extra.top_k,
-                fan_out=tuple(extra.fan_out),
-                merge=extra.merge,
-                chain=chain,
-                priority=settings.api.priority,
-            )
-            events = pipeline.stream(questions[-1].text, conversation, options)
-            # Read up to the first text (or the end) before answering, so a request that
-            # fails early gets its real status instead of a 200 stream holding an error.
-            first: list[StreamEvent] = []
-            async for event in events:
-                first.append(event)
-                if isinstance(event, TextDelta | Final):
-                    break
-        except Exception as exc:
-            release()
-            too_long = _prompt_too_long(exc)
-            if too_long is not None:
-                return _error(
-                    400,
-                    prompt_too_long_message(too_long, settings),
-                    "invalid_request_error",
-                    code="context_length_exceeded",  # OpenAI's code for the same refusal
-                )
-            if isinstance(exc, QuestionError):
-                return _error(400, str(exc), "invalid_request_error")
-            raise
+            return await _answer(request, pipeline, settings, user, slot, rate_headers)
         except BaseException:
-            release()
+            slot.release()
             raise
-
-        final = next((e for e in first if isinstance(e, Final)), None)
-        if final is not None and final.answer.status in ("failed", "busy"):
-            release()
-            return _unavailable(final.answer)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        model_name = body.model
-        if not body.stream:
-            try:
-                answer = final.answer if final else await _final_answer(events)
-            finally:
-                release()
-            if answer.status in ("failed", "busy"):
-                return _unavailable(answer)
-            return JSONResponse(
-                _completion(completion_id, model_name, answer), headers=rate_headers
-            )
-
-        async def sse() -> AsyncIterator[str]:
-            try:
-                async for line in answer_events():
-                    yield line
-            except Exception:  # headers are sent: the error goes in the stream
-                error_id = uuid.uuid4().hex[:12]
-                log.exception("stream failed (error id %s)", error_id)
-                error = {
-                    "message": f"the answer could not be finished (error id {error_id})",
-                    "type": "unavailable",
-                    "code": 503,
-                }
-                yield f"data: {json.dumps({'error': error})}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:
-                release()
-                # A caller that hangs up mid-answer stops the generation too.
-                await events.aclose()
-
-        async def answer_events() -> AsyncIterator[str]:
-            yield _chunk(completion_id, model_name, {"role": "assistant", "content": ""})
-            async for event in _chain(first, events):
-                if isinstance(event, TextDelta):
-                    yield _chunk(completion_id, model_name, {"content": event.text})
-                elif isinstance(event, Retraction):
-                    # Clients that read `guardrag` replace what they showed; the refusal
-                    # follows as content with finish_reason content_filter.
-                    yield _chunk(
-                        completion_id,
-                        model_name,
-                        {"content": ""},
-                        extra={"retracted": True, "reason": without_server_paths(event.reason)},
-                    )
-                elif isinstance(event, Final):
-                    answer = event.answer
-                    if answer.status != "answered":
-                        yield _chunk(completion_id, model_name, {"content": answer.text})
-                    yield _chunk(
-                        completion_id,
-                        model_name,
-                        {},
-                        finish_reason=_finish_reason(answer),
-                        extra=answer_extra(answer),
-                    )
-                    if body.stream_options is not None and body.stream_options.include_usage:
-                        yield _usage_chunk(completion_id, model_name, usage(answer))
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=rate_headers)
 
     return app
+
+
+def _refused_for_load(
+    admission: Admission, user: str, throttled: Callable[[str], Response]
+) -> Response | None:
+    """Room is checked before the key's allowance is spent: a request refused because the
+    server is full costs the caller nothing."""
+    if not admission.has_room():
+        if not admission.rate_left(user):
+            return throttled(user)
+        return error_response(
+            503,
+            f"{admission.in_flight} requests in progress (limit {admission.max_concurrent})",
+            "overloaded",
+            {"Retry-After": "1"},
+        )
+    if not admission.within_rate(user):
+        return throttled(user)
+    return None
+
+
+class _Slot:
+    """One of the api.max_concurrent places a request holds until its last byte is sent."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.released = False
+        admission.in_flight += 1
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission.in_flight -= 1
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A request whose answer has begun: read up to its first text (or its end)."""
+
+    body: ChatCompletionRequest
+    first: list[StreamEvent]
+    events: AsyncIterator[StreamEvent]
+
+
+async def _answer(
+    request: Request,
+    pipeline: Pipeline,
+    settings: Settings,
+    user: str,
+    slot: _Slot,
+    rate_headers: dict[str, str],
+) -> Response:
+    try:
+        started = await _start_answer(request, pipeline, settings, user)
+    except Exception as exc:  # noqa: BLE001 - what the caller can fix is a 400; the rest re-raises
+        slot.release()
+        return _client_error(exc, settings)
+    if isinstance(started, Response):
+        slot.release()
+        return started
+    final = next((e for e in started.first if isinstance(e, Final)), None)
+    if final is not None and final.answer.status in ("failed", "busy"):
+        slot.release()
+        return _unavailable(final.answer)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    body = started.body
+    if not body.stream:
+        try:
+            answer = final.answer if final else await _final_answer(started.events)
+        finally:
+            slot.release()
+        if answer.status in ("failed", "busy"):
+            return _unavailable(answer)
+        return JSONResponse(completion(completion_id, body.model, answer), headers=rate_headers)
+    lines = _sse(started, completion_id, slot)
+    return StreamingResponse(lines, media_type="text/event-stream", headers=rate_headers)
+
+
+async def _start_answer(
+    request: Request, pipeline: Pipeline, settings: Settings, user: str
+) -> _Started | Response:
+    """The request read, parsed and handed to the pipeline, or the response refusing it."""
+    limit = settings.api.max_body_bytes
+    raw = await _read_body(request, limit)
+    if raw is None:
+        return error_response(
+            413,
+            f"the request body is over {limit} bytes (api.max_body_bytes)",
+            "invalid_request_error",
+        )
+    # Parsing a body of up to a megabyte is CPU work: off the event loop.
+    body = await asyncio.to_thread(parse_request, raw)
+    if isinstance(body, Response):
+        return body
+    questions = [m for m in body.messages if m.role == "user"]
+    if not questions:
+        return error_response(400, "messages hold no user message", "invalid_request_error")
+    # Earlier turns and chain instructions are the caller's text: the pipeline screens them.
+    events = pipeline.stream(
+        questions[-1].text,
+        Conversation(user=user),
+        _ask_options(body, settings),
+        earlier=earlier_turns(body),
+    )
+    # Read up to the first text (or the end) before answering, so a request that fails
+    # early gets its real status instead of a 200 stream holding an error.
+    first: list[StreamEvent] = []
+    async for event in events:
+        first.append(event)
+        if isinstance(event, TextDelta | Final):
+            break
+    return _Started(body, first, events)
+
+
+def _ask_options(body: ChatCompletionRequest, settings: Settings) -> AskOptions:
+    extra = body.guardrag
+    return AskOptions(
+        task_hints=tuple(extra.task_hints),
+        model=None if body.model in (AUTO_MODEL, "auto") else body.model,
+        top_k=extra.top_k,
+        fan_out=tuple(extra.fan_out),
+        merge=extra.merge,
+        chain=tuple(ChainStep(step.model, step.instruction) for step in extra.chain),
+        priority=settings.api.priority,
+    )
+
+
+def _client_error(exc: Exception, settings: Settings) -> Response:
+    """A 400 for what the caller can fix; anything else goes on to the 503 handler."""
+    too_long = _prompt_too_long(exc)
+    if too_long is not None:
+        return error_response(
+            400,
+            prompt_too_long_message(too_long, settings),
+            "invalid_request_error",
+            code="context_length_exceeded",  # OpenAI's code for the same refusal
+        )
+    if isinstance(exc, QuestionError):
+        return error_response(400, str(exc), "invalid_request_error")
+    raise exc
+
+
+async def _sse(started: _Started, completion_id: str, slot: _Slot) -> AsyncIterator[str]:
+    body = started.body
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    events = _chain(started.first, started.events)
+    try:
+        async for line in stream_chunks(events, completion_id, body.model, include_usage):
+            yield line
+    except Exception:  # headers are sent: the error goes in the stream
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("stream failed (error id %s)", error_id)
+        yield stream_error(f"the answer could not be finished (error id {error_id})")
+    finally:
+        slot.release()
+        # A caller that hangs up mid-answer stops the generation too.
+        await started.events.aclose()  # type: ignore[attr-defined]
 
 
 def _add_operator_routes(
@@ -629,46 +478,6 @@ def _openapi_document(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-async def _unchecked_text_refusal(body: ChatCompletionRequest, pipeline: Pipeline) -> str | None:
-    """Text the caller puts in the prompt besides the question (earlier turns, chain
-    instructions) passes the injection check too; the reason it is refused, or None."""
-    from guardrails.policy import apply_policy
-    from guardrails.verdict import GuardContext
-
-    texts = [m.text for m in body.messages[:-1] if m.role in ("user", "assistant")][-2:]
-    texts += [step.instruction for step in body.guardrag.chain]
-    policy = pipeline.settings.guards.injection.policy
-    for number, text in enumerate(texts, start=1):
-        if len(text) > MAX_TURN_CHARS:
-            return f"an earlier message or instruction has over {MAX_TURN_CHARS} characters"
-        verdict = apply_policy(
-            await pipeline.stages.injection.check(text, GuardContext(checked_as="question")),
-            policy,
-        )
-        if verdict.blocks:
-            return f"earlier message or instruction {number} was flagged: {verdict.reason}"
-    return None
-
-
-def _pseudonymised_context(
-    body: ChatCompletionRequest, conversation: Conversation, pii: Any
-) -> tuple[list[ChatMessage], tuple[ChainStep, ...]]:
-    """The exchange before the question and the chain's instructions, pseudonymised with this
-    request's vault so names in them get the same placeholders as in the question (Presidio:
-    CPU work, run in a thread). Callers' system messages are not used: the profile's system
-    prompt is part of the guarded path."""
-    turns = [m for m in body.messages[:-1] if m.role in ("user", "assistant")][-2:]
-    earlier = [
-        ChatMessage(m.role, pii.pseudonymise(m.text, conversation.vault)[0])  # type: ignore[arg-type]
-        for m in turns
-    ]
-    chain = tuple(
-        ChainStep(step.model, pii.pseudonymise(step.instruction, conversation.vault)[0])
-        for step in body.guardrag.chain
-    )
-    return earlier, chain
-
-
 async def _chain(
     first: list[StreamEvent], rest: AsyncIterator[StreamEvent]
 ) -> AsyncIterator[StreamEvent]:
@@ -683,53 +492,3 @@ async def _final_answer(events: AsyncIterator[StreamEvent]) -> Answer:
         if isinstance(event, Final):
             return event.answer
     raise RuntimeError("the pipeline ended without an answer")
-
-
-def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "finish_reason": _finish_reason(answer),
-            }
-        ],
-        "usage": usage(answer),
-        "guardrag": answer_extra(answer),
-    }
-
-
-def _usage_chunk(completion_id: str, model: str, counts: dict[str, int] | None) -> str:
-    """The extra last chunk OpenAI sends for `stream_options.include_usage`: no choices."""
-    chunk = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": counts,
-    }
-    return f"data: {json.dumps(chunk)}\n\n"
-
-
-def _chunk(
-    completion_id: str,
-    model: str,
-    delta: dict[str, Any],
-    finish_reason: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    chunk: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-    }
-    if extra is not None:
-        chunk["guardrag"] = extra
-    return f"data: {json.dumps(chunk)}\n\n"

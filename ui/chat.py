@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
-from guardrails.pii import PLACEHOLDER, PseudonymVault
+from guardrails.pii import PLACEHOLDER
 from ingest.run import IngestError, IngestProgress
 from rag.compose import build_pipeline, start_engines
 from rag.pipeline import MAX_QUESTION_CHARS, AskOptions, Conversation, Pipeline, QuestionError
@@ -339,11 +339,10 @@ class ChatHandlers:
             return text, "Rate an answer (👍 or 👎 under it) first, then comment."
         if not text.strip():
             return text, "The comment is empty."
-        pii = self.pipeline.stages.pii
-        if not pii.available:
-            return text, "Comments are not stored while the PII check cannot run."
         # A comment may name people or addresses: only its pseudonymised form is stored.
-        pseudonymised, _ = pii.pseudonymise(text.strip()[:2000], PseudonymVault())
+        pseudonymised = self.pipeline.pseudonymise(text.strip()[:2000])
+        if pseudonymised is None:
+            return text, "Comments are not stored while the PII check cannot run."
         request_id, rating = session.rated
         self.history.record_feedback(who.name, request_id, rating, pseudonymised)
         return "", "Comment stored (personal data replaced by placeholders). Thank you."

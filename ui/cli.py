@@ -185,8 +185,7 @@ def ingest(
 
 def answer_json(answer: Answer) -> dict[str, Any]:
     data = asdict(answer)
-    for verdict in data["verdicts"]:
-        verdict.pop("sanitized_text", None)
+    data["verdicts"] = [v.record() for v in answer.verdicts]
     data["prompt"] = [asdict(m) for m in answer.prompt]
     return data
 
@@ -482,6 +481,37 @@ def models_pull(profile: ProfileOption = None) -> None:
     except user_errors() as exc:
         _fail(exc)
     _print_models(statuses)
+
+
+@models_app.command("train")
+def models_train(
+    what: Annotated[str, typer.Argument(help="What to train: `injection` (the injection head).")],
+    profile: ProfileOption = None,
+    dev_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder with injection_dev.jsonl and benign_dev.jsonl: measured after "
+            "training (never trained or calibrated on) and written into the model card."
+        ),
+    ] = None,
+) -> None:
+    """Train a guard model for this profile: `injection` trains the injection head on the
+    embedder's vectors (seeded; `models pull` runs it when the head is missing)."""
+    from rag.models import train_injection_head
+
+    if what != "injection":
+        _fail(ValueError(f"nothing called {what!r} to train; the choice is: injection"))
+    settings = _settings(profile)
+    try:
+        folder = train_injection_head(settings, report=lambda line: console.log(line))
+    except user_errors() as exc:
+        _fail(exc)
+    if dev_data is not None:
+        from evals.guards import dev_metrics_into_card
+
+        with console.status("measuring the development sets…"):
+            dev_metrics_into_card(settings, folder, dev_data)
+    console.print(f"model card: {folder / 'MODEL_CARD.md'}")
 
 
 @models_app.command("list")
