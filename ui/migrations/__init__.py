@@ -1,0 +1,1 @@
+"""Alembic migrations of the history database (ui/history.py); run when a HistoryStore opens."""
