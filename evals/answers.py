@@ -80,6 +80,8 @@ class JudgedAnswer:
     grounded_sentences: int
     refused: bool
     tokens: int | None
+    # Sentences that say again what an earlier sentence of the same answer said.
+    repeated_sentences: int = 0
     stages_ms: dict[str, float] = field(default_factory=dict)
     first_token_ms: float | None = None
 
@@ -98,6 +100,17 @@ def grounded_count(
     # Normalised embeddings: the dot product is the cosine.
     best = (claims @ support.T).max(axis=1)
     return int((best >= GROUNDED_SIMILARITY).sum())
+
+
+def repeated_sentence_count(answer_sentences: Sequence[str]) -> int:
+    """Sentences equal (case and spacing aside) to an earlier one of the same answer."""
+    seen: set[str] = set()
+    repeats = 0
+    for sentence in answer_sentences:
+        key = " ".join(sentence.lower().split())
+        repeats += key in seen
+        seen.add(key)
+    return repeats
 
 
 def judge(
@@ -127,6 +140,7 @@ def judge(
         tokens=count_tokens(answer.text, answer.route.model)
         if count_tokens and answered and answer.route
         else None,
+        repeated_sentences=repeated_sentence_count(claims),
         stages_ms={s.name: s.ms for s in answer.stages if s.status == "ran"},
         first_token_ms=answer.first_token_ms,
     )
@@ -171,6 +185,9 @@ class AnswerScores:
     groundedness: float
     refusal_rate: float
     blocked_rate: float
+    # Answers that repeat a sentence of their own, and repeated sentences per answer.
+    repeating: float = 0.0
+    repeats_per_answer: float = 0.0
 
     def as_metrics(self) -> dict[str, float]:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
@@ -192,6 +209,12 @@ def answer_scores(judged: Sequence[JudgedAnswer]) -> AnswerScores:
         groundedness=sum(j.grounded_sentences for j in answered) / claims if claims else 0.0,
         refusal_rate=sum(j.refused for j in judged) / n,
         blocked_rate=sum(j.status == "blocked" for j in judged) / n,
+        repeating=sum(j.repeated_sentences > 0 for j in answered) / len(answered)
+        if answered
+        else 0.0,
+        repeats_per_answer=sum(j.repeated_sentences for j in answered) / len(answered)
+        if answered
+        else 0.0,
     )
 
 

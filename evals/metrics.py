@@ -37,7 +37,8 @@ input_guards, retrieve, chunk_verdicts, rerank, chunk_pii, route, generate, outp
     router.accuracy, router.macro_accuracy, router.class.{task}.accuracy, router.rows,
         router.defaulted (low-confidence default routes), router.p50_ms / p95_ms per call
     answers.exact / fuzzy / fuzzy_score / citation_precision / supported / groundedness /
-        refusal_rate / blocked_rate / questions
+        refusal_rate / blocked_rate / questions / repeating (share of answers that repeat a
+        sentence of their own) / repeats_per_answer
     latency.{stage}.p50_ms / p95_ms, latency.first_token.p50_ms / p95_ms,
     latency.generate.tokens_per_s, latency.non_generation_share, latency.requests,
     latency.ingest.chunks_per_s / files_per_s, latency.llamaindex.ingest.chunks_per_s /
@@ -106,6 +107,7 @@ RULES: tuple[MetricRule, ...] = (
     MetricRule("router.*", "higher", absolute=0.03),
     MetricRule("answers.refusal_rate", "lower", absolute=0.1),
     MetricRule("answers.blocked_rate", "lower", absolute=0.05),
+    MetricRule("answers.repeat*", "lower", absolute=0.1),
     MetricRule("answers.fuzzy_score", "higher", absolute=8.0),
     MetricRule("answers.*", "higher", absolute=0.1),
     MetricRule("latency.*_ms", "lower", absolute=50.0, relative=1.0),

@@ -84,6 +84,7 @@ def headline_table(m: dict[str, float]) -> Table:
         ("answers: citation precision", "answers.citation_precision"),
         ("answers: groundedness (sentences)", "answers.groundedness"),
         ("answers: refusal rate", "answers.refusal_rate"),
+        ("answers: repeating a sentence", "answers.repeating"),
         ("latency: total p50 ms", "latency.total.p50_ms"),
         ("latency: total p95 ms", "latency.total.p95_ms"),
         ("latency: first token p50 ms", "latency.first_token.p50_ms"),

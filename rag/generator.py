@@ -18,6 +18,7 @@ import httpx
 import httpx2
 
 from rag.schema import ChatMessage
+from rag.settings import Decoding
 
 
 class ModelUnavailable(RuntimeError):
@@ -75,6 +76,23 @@ class Generation:
     confidence: float
 
 
+NO_DECODING_CHANGES = Decoding()
+
+
+def sampling_options(decoding: Decoding) -> dict[str, Any]:
+    """vLLM's sampling options (SamplingParams fields, and the same names in an OpenAI
+    server's request body) for what `decoding` changes; nothing when it changes nothing, so a
+    model left alone is asked exactly as before."""
+    options: dict[str, Any] = {}
+    if decoding.repetition_penalty != 1.0:
+        options["repetition_penalty"] = decoding.repetition_penalty
+    if decoding.frequency_penalty != 0.0:
+        options["frequency_penalty"] = decoding.frequency_penalty
+    if decoding.stop:
+        options["stop"] = list(decoding.stop)
+    return options
+
+
 class Replica(Protocol):
     model: str  # the pool's name for the model, e.g. "general"
     where: str  # a URL, or "in-process"
@@ -86,6 +104,7 @@ class Replica(Protocol):
         temperature: float,
         prefix: str = "",
         usage: TokenUsage | None = None,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> AsyncGenerator[str, None]:
         """Stream the answer's text. With `prefix`, continue an answer that another replica
         started (after a failover mid-stream) instead of starting over. `usage`, if given,
@@ -93,7 +112,11 @@ class Replica(Protocol):
         ...
 
     async def answer(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> Generation:
         """The whole answer at once, with its confidence (for fan-out and merging)."""
         ...
@@ -189,6 +212,7 @@ class VLLMInProcess:
         temperature: float,
         prefix: str = "",
         usage: TokenUsage | None = None,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> AsyncGenerator[str, None]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -200,6 +224,7 @@ class VLLMInProcess:
             temperature=temperature,
             max_tokens=budget,
             output_kind=RequestOutputKind.DELTA,
+            **sampling_options(decoding),
         )
         if usage is not None and usage.prompt_tokens is None:
             usage.prompt_tokens = prompt_tokens
@@ -217,7 +242,11 @@ class VLLMInProcess:
             raise ReplicaFailed(f"{self.where} engine for {self.model}: {exc}") from exc
 
     async def answer(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> Generation:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -230,6 +259,7 @@ class VLLMInProcess:
             max_tokens=budget,
             output_kind=RequestOutputKind.FINAL_ONLY,
             logprobs=0,  # the sampled token's own log-probability only
+            **sampling_options(decoding),
         )
         request_id = f"{self.model}-{next(_request_ids)}"
         text, cumulative, tokens = "", 0.0, 0
@@ -358,15 +388,17 @@ class OpenAIReplica:
         temperature: float,
         prefix: str = "",
         usage: TokenUsage | None = None,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> AsyncGenerator[str, None]:
         import openai
 
         payload: list[dict[str, str]] = [{"role": m.role, "content": m.content} for m in messages]
-        extra: dict[str, Any] = {}
+        # vLLM's server takes its own sampling options beside OpenAI's in the body.
+        extra: dict[str, Any] = sampling_options(decoding)
         if prefix:
             # vLLM continues the assistant's unfinished message instead of starting a new one.
             payload.append({"role": "assistant", "content": prefix})
-            extra = {"continue_final_message": True, "add_generation_prompt": False}
+            extra |= {"continue_final_message": True, "add_generation_prompt": False}
         try:
             response = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.served_name,
@@ -406,7 +438,11 @@ class OpenAIReplica:
             raise self._failed(exc) from exc
 
     async def answer(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        decoding: Decoding = NO_DECODING_CHANGES,
     ) -> Generation:
         import openai
 
@@ -417,6 +453,7 @@ class OpenAIReplica:
                 max_tokens=max_tokens,
                 temperature=temperature,
                 logprobs=True,
+                extra_body=sampling_options(decoding) or None,
             )
         except openai.BadRequestError as exc:
             raise self._refused(exc) from exc

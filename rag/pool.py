@@ -19,7 +19,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from rag.decoding import RepeatedSentenceCut, without_repeated_sentences
 from rag.generator import (
+    NO_DECODING_CHANGES,
     Generation,
     ModelUnavailable,
     Replica,
@@ -28,7 +30,7 @@ from rag.generator import (
     TokenUsage,
 )
 from rag.schema import ChatMessage
-from rag.settings import PoolSettings
+from rag.settings import Decoding, PoolSettings
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +180,18 @@ class Served:
 class ModelReplicas:
     """All replicas of one model."""
 
-    def __init__(self, model: str, replicas: Sequence[Replica], limits: PoolSettings) -> None:
+    def __init__(
+        self,
+        model: str,
+        replicas: Sequence[Replica],
+        limits: PoolSettings,
+        decoding: Decoding = NO_DECODING_CHANGES,
+    ) -> None:
         if not replicas:
             raise ModelUnavailable(f"model {model} has no replicas (no urls in the profile)")
         self.model = model
         self.limits = limits
+        self.decoding = decoding
         self.states = [
             ReplicaState(r, CircuitBreaker(limits.breaker_failures, limits.breaker_reset_s))
             for r in replicas
@@ -362,23 +371,42 @@ class ModelPool:
                 # Text from `model` is already shown: another model cannot continue it.
                 break
             replicas = self.models[candidate]
+            decoding = replicas.decoding
+            limit = min(max_tokens, decoding.max_tokens or max_tokens)
+            # One cut for the whole answer: a continuation after failover goes on with it.
+            cut = RepeatedSentenceCut() if decoding.cut_repeated_sentence else None
             async for failed in self._rounds(replicas):
                 try:
                     async with replicas.slot(priority, failed) as state:
                         try:
                             # vLLM streams about one token per delta: a continuation
                             # asks only for what the answer has left.
-                            budget = max(1, max_tokens - deltas)
+                            budget = max(1, limit - deltas)
                             replica_stream = state.replica.stream(
-                                messages, budget, temperature, prefix=shown, usage=usage
+                                messages,
+                                budget,
+                                temperature,
+                                prefix=shown,
+                                usage=usage,
+                                decoding=decoding,
                             )
-                            # Closing this stream early (the asker left, an unsafe window)
-                            # closes the replica's at once, which aborts its generation.
+                            # Closing this stream early (the asker left, an unsafe window,
+                            # a repeated sentence) closes the replica's at once, which
+                            # aborts its generation.
                             async with contextlib.aclosing(replica_stream) as replica_deltas:
                                 async for delta in replica_deltas:
                                     shown += delta
                                     deltas += 1
-                                    yield delta
+                                    if cut is None:
+                                        yield delta
+                                        continue
+                                    visible, repeats = cut.feed(delta)
+                                    if visible:
+                                        yield visible
+                                    if repeats:
+                                        break
+                            if cut is not None and (held := cut.finish()):
+                                yield held
                         except ReplicaFailed:
                             state.breaker.failed()
                             failed.add(replicas.states.index(state))
@@ -405,17 +433,24 @@ class ModelPool:
         priority: int = 0,
     ) -> tuple[Generation, Served]:
         """A whole answer with its confidence, with the same failover as `stream`."""
-        return await self._call(
-            model, priority, lambda r: r.answer(messages, max_tokens, temperature)
-        )
+
+        async def ask(replica: Replica, decoding: Decoding) -> Generation:
+            limit = min(max_tokens, decoding.max_tokens or max_tokens)
+            generation = await replica.answer(messages, limit, temperature, decoding=decoding)
+            if not decoding.cut_repeated_sentence:
+                return generation
+            return Generation(without_repeated_sentences(generation.text), generation.confidence)
+
+        return await self._call(model, priority, ask)
 
     async def complete(
         self, model: str, prompt: str, max_tokens: int, priority: int = 0
     ) -> tuple[str, Served]:
-        return await self._call(model, priority, lambda r: r.complete(prompt, max_tokens))
+        # A raw completion (Llama Guard's verdict) is asked exactly: no decoding changes.
+        return await self._call(model, priority, lambda r, _: r.complete(prompt, max_tokens))
 
     async def _call(
-        self, model: str, priority: int, request: Callable[[Replica], Awaitable[_T]]
+        self, model: str, priority: int, request: Callable[[Replica, Decoding], Awaitable[_T]]
     ) -> tuple[_T, Served]:
         failures: list[str] = []
         for candidate in self._chain(model):
@@ -424,7 +459,7 @@ class ModelPool:
                 try:
                     async with replicas.slot(priority, failed) as state:
                         try:
-                            text = await request(state.replica)
+                            text = await request(state.replica, replicas.decoding)
                         except ReplicaFailed:
                             state.breaker.failed()
                             failed.add(replicas.states.index(state))
