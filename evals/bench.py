@@ -1,11 +1,13 @@
 """`make bench`: every benchmark in one run and one table of ratios, each figure against a
 baseline measured in the same run.
 
-A benchmark is a module with `def run() -> list[BenchRow]` (keyword arguments with defaults
-allowed). Each runs in a child process of its own, so vLLM engines, GBs of test stores and
-LlamaIndex's separate folder (evals/bench-llamaindex.txt) never meet in one interpreter, and a
-benchmark that fails leaves a row saying so instead of ending the table.
-Run: `python -m evals.bench [--only ingest,guards,serving]`.
+A benchmark is a module with `def run(argv: Sequence[str] = ()) -> list[BenchRow]`: it parses
+the arguments it is handed, never the child's `sys.argv` (which holds this runner's own
+`--child MODULE OUT`). Each runs in a child process of its own, so vLLM engines, GBs of test
+stores and LlamaIndex's separate folder (evals/bench-llamaindex.txt) never meet in one
+interpreter, and a benchmark that fails leaves a row saying so instead of ending the table.
+Run: `python -m evals.bench [--only ingest,guards,serving]`; one benchmark as the runner starts
+it: `python -m evals.bench --child MODULE OUT [ARGS...]` (ARGS go to that benchmark's parser).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class BenchRow:
 
 
 class Benchmark(Protocol):
-    def __call__(self) -> list[BenchRow]: ...
+    def __call__(self, argv: Sequence[str] = ()) -> list[BenchRow]: ...
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,20 @@ BENCHMARKS = (
     BenchSpec("ingest", "evals.bench_ingest", needs_llamaindex=True),
     BenchSpec("guards", "evals.bench_guards"),
     BenchSpec("serving", "evals.bench_serving"),
+    BenchSpec("state", "evals.bench_state"),
 )
 
 
-def run_child(module: str, out: Path) -> None:
-    """In the child: run one benchmark and write its rows as JSON."""
+def run_child(module: str, out: Path, argv: Sequence[str] = ()) -> None:
+    """In the child: run one benchmark on `argv` and write its rows as JSON."""
     bench: Benchmark = importlib.import_module(module).run
-    rows = bench()
+    rows = bench(argv)
     out.write_text(json.dumps([asdict(r) for r in rows]))
+
+
+def child_command(module: str, out: Path, argv: Sequence[str] = ()) -> list[str]:
+    """How the runner starts one benchmark (tests/test_bench_entry.py starts them the same way)."""
+    return [sys.executable, "-m", "evals.bench", "--child", module, str(out), *argv]
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ def run_one(spec: BenchSpec) -> BenchOutcome:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="guardrag-bench-") as scratch:
         out = Path(scratch) / "rows.json"
-        command = [sys.executable, "-m", "evals.bench", "--child", spec.module, str(out)]
+        command = child_command(spec.module, out)
         # The child's own output (its progress, its table) goes straight to the terminal.
         done = subprocess.run(command, cwd=ROOT, env=environment, check=False)
         seconds = time.perf_counter() - started
@@ -123,12 +131,19 @@ def render(outcomes: Sequence[BenchOutcome]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.bench", description=__doc__)
+    # No abbreviations: a benchmark's own option (`--copies`) must never be read as `--child`.
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.bench", description=__doc__, allow_abbrev=False
+    )
     parser.add_argument("--only", default="", help="comma-separated: ingest, guards, serving")
-    parser.add_argument("--child", nargs=2, metavar=("MODULE", "OUT"), help=argparse.SUPPRESS)
+    # `--child MODULE OUT [ARGS...]`: whatever follows MODULE and OUT (`--help` included)
+    # belongs to that benchmark's own parser.
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        run_child(args.child[0], Path(args.child[1]))
+    if args.child is not None:
+        if len(args.child) < 2:
+            parser.error("--child needs MODULE and OUT")
+        run_child(args.child[0], Path(args.child[1]), args.child[2:])
         return 0
     wanted = {n.strip() for n in args.only.split(",") if n.strip()}
     unknown = wanted - {b.name for b in BENCHMARKS}

@@ -7,13 +7,14 @@ the longer of the two, not their sum: the table shows both.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +93,14 @@ def measure() -> GuardTimings:
         start_engines(pipeline)
         texts = prompts(200)
         stages = pipeline.stages
+        pii = stages.pii
+        if pii is None:
+            raise SystemExit("the PII guard is off in this profile (guards.off): nothing to time")
         # Warm each guard once: first calls load spaCy pipes and compile regexes.
-        stages.pii.check_sync(texts[0])
+        pii.check_sync(texts[0])
         stages.injection.check_sync(texts[0])
         per_guard = {
-            "pii (Presidio + spaCy)": timed_ms(stages.pii.check_sync, texts),
+            "pii (Presidio + spaCy)": timed_ms(pii.check_sync, texts),
             "injection (layers as configured)": timed_ms(stages.injection.check_sync, texts),
             "query embedding + search": timed_ms(pipeline.retrieve, texts[:60]),
         }
@@ -144,16 +148,23 @@ def rows(timings: GuardTimings) -> list[BenchRow]:
     return out
 
 
-def run() -> list[BenchRow]:
-    """For `make bench` (evals/bench.py)."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evals.bench_guards", description=__doc__)
+    return parser.parse_args(argv)
+
+
+def run(argv: Sequence[str] = ()) -> list[BenchRow]:
+    """For `make bench` (evals/bench.py): parses `argv` only, never the child's `sys.argv`."""
+    parse_args(argv)
     return rows(measure())
 
 
 def main(argv: list[str]) -> None:
+    parse_args(argv)
     table = Table(title="guard latency against generation, measured in one run")
     for column in ("measure", "guardrag", "baseline", "ratio", "note"):
         table.add_column(column)
-    for row in run():
+    for row in rows(measure()):
         table.add_row(row.measure, row.guardrag, row.baseline, row.ratio, row.target)
     Console().print(table)
 

@@ -808,9 +808,10 @@ def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]
     return title, groups
 
 
-def run(argv: Sequence[str] | None = None) -> list[BenchRow]:
-    """For `make bench` (evals/bench.py): the rows, in one list."""
-    _, groups = measure(argv)
+def run(argv: Sequence[str] = ()) -> list[BenchRow]:
+    """For `make bench` (evals/bench.py): the rows, in one list. Parses `argv` only: in the
+    runner's child process `sys.argv` is the runner's own `--child MODULE OUT`."""
+    _, groups = measure(list(argv))
     return [row for group in groups for row in group]
 
 

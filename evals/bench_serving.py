@@ -12,12 +12,14 @@ Run: `python -m evals.bench_serving` (about 3-5 minutes on 2 cores).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,8 +175,14 @@ async def measure(pipeline: Pipeline, settings: Settings, work: Path) -> list[Be
     return rows
 
 
-def run() -> list[BenchRow]:
-    """For `make bench` (evals/bench.py)."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evals.bench_serving", description=__doc__)
+    return parser.parse_args(argv)
+
+
+def run(argv: Sequence[str] = ()) -> list[BenchRow]:
+    """For `make bench` (evals/bench.py): parses `argv` only, never the child's `sys.argv`."""
+    parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="guardrag-bench-serving-") as tmp:
         work = Path(tmp)
         base = load_settings("local", data_dir=work / "data")
@@ -197,6 +205,7 @@ def run() -> list[BenchRow]:
 
 
 def main() -> None:
+    parse_args(sys.argv[1:])
     table = Table(title="serving, measured in one run")
     for column in ("measure", "guardrag", "baseline", "ratio", "target", "met"):
         table.add_column(column)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +19,38 @@ from rag.models import pull, resolve_model
 from rag.pipeline import Pipeline
 from rag.settings import Settings, load_settings
 
+# Threads fixed by the tests, not by the machine, so a run behaves alike on 2 cores or 64 and
+# the processes of one run do not oversubscribe 2 cores: torch here and in every process the
+# tests start (guardrag commands, evals, vLLM front ends) computes on one thread (torch reads
+# OMP_NUM_THREADS when first imported, which is after this), and every vLLM engine is pinned
+# to the last core, the one vLLM's own automatic binding picks on a 2-core machine.
+TEST_THREADS = "1"
+os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
+os.environ.setdefault("MKL_NUM_THREADS", TEST_THREADS)
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str((os.cpu_count() or 1) - 1))
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # The development sets live beside the repository (never copied into it).
 EVAL_DATA = ROOT.parent / "shared" / "eval-data"
+
+
+# In CI a test that cannot run is a failure: a skip there (eval data, kubectl or Chromium
+# missing) would let the run go green without the gate it skipped. Locally a skip stays a skip,
+# listed by `-rs` (pyproject.toml) in every run.
+SKIPS_FAIL = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if SKIPS_FAIL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI={os.environ['CI']}), which must run it: {reason}"
 
 
 def eval_rows(name: str) -> list[dict[str, object]]:
@@ -67,6 +98,48 @@ def pipeline(corpus_settings: Settings) -> Iterator[Pipeline]:
     yield built
     # Stop vLLM's processes while pytest's output streams are still open.
     shutdown_engines()
+
+
+async def serve_api(
+    pipeline: Pipeline, settings: Settings, start_deadline_s: float = 60.0, port: int | None = None
+) -> AsyncIterator[str]:
+    """The API on a free loopback port, in this event loop (the one vLLM's engine is bound
+    to); yields its URL. A server that cannot start (its port taken, an app that fails at
+    startup) fails the test at once with uvicorn's reason, not a wait forever for `started`."""
+    import uvicorn
+
+    from rag.compose import prometheus_metrics
+    from tests.vllm_servers import free_port
+    from ui.api import build_api
+
+    app = build_api(Pipeline(settings, pipeline.stages), settings, prometheus_metrics())
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+
+    async def serve_until_stopped() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            # uvicorn exits when it cannot bind; out of a task that would end the whole run.
+            raise RuntimeError(
+                f"uvicorn exited with status {exc.code} (its log says why)"
+            ) from None
+
+    task = asyncio.create_task(serve_until_stopped())
+    deadline = time.monotonic() + start_deadline_s
+    while not server.started:
+        if task.done():
+            failure = task.exception() if not task.cancelled() else None
+            pytest.fail(f"the API did not start on port {port}: {failure}")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            pytest.fail(f"the API did not start on port {port} within {start_deadline_s:.0f} s")
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,34 @@ HOSTILE_ANSWER = (
     f"Nested brackets: ![a [b] c](http://{EXFIL_HOST}/nested?d=3)\n\n"
     f"[s1]: http://{EXFIL_HOST}/shortcut?d=2\n"
 )
+
+# Installed in the page before a question is sent: every DOM change records the newest
+# answer's length (when it differs from the last one recorded) and, from the Route and timings
+# panel, whether the answer ran (stage progress shown) and then finished (its `total` row; the
+# previous answer's table already had one, hence "ran" first).
+RECORD_ANSWER_GROWTH = """() => {
+  const bots = () => document.querySelectorAll("#chatbot [data-testid='bot']");
+  const before = bots().length;
+  const lastBefore = before ? bots()[before - 1].innerText.trim() : "";
+  const answer = {started: performance.now(), first_ms: null, lengths: [], ran: false,
+                  done: false};
+  const record = () => {
+    const all = bots();
+    const text = all.length ? all[all.length - 1].innerText.trim() : "";
+    if (text && (all.length > before || text !== lastBefore)) {
+      if (answer.first_ms === null) answer.first_ms = performance.now() - answer.started;
+      if (answer.lengths.at(-1) !== text.length) answer.lengths.push(text.length);
+    }
+    const details = document.querySelector("#details")?.innerText || "";
+    answer.ran = answer.ran || details.includes("input_guards: ran");
+    answer.done = answer.ran && details.includes("total");
+  };
+  window.__answerObserver?.disconnect();
+  window.__answer = answer;
+  window.__answerObserver = new MutationObserver(record);
+  window.__answerObserver.observe(document.body,
+                                  {childList: true, subtree: true, characterData: true});
+}"""
 
 pytestmark = [
     pytest.mark.slow,
@@ -150,7 +177,16 @@ class Visit:
     def upload(self, files: list[Path]) -> str:
         self.page.get_by_role("tab", name="Documents").click()
         self.page.set_input_files("#upload input[type=file]", [str(f) for f in files])
-        self.page.wait_for_timeout(500)
+        # Ingest reads what the upload holds: wait until the upload has finished ("Uploading
+        # N files..." gone) and lists every file (name and extension on separate lines).
+        stems = json.dumps([f.stem for f in files])
+        self.page.wait_for_function(
+            f"""(() => {{
+                const shown = document.querySelector('#upload')?.innerText || '';
+                return !shown.includes('Uploading') && {stems}.every(s => shown.includes(s));
+            }})()""",
+            timeout=60_000,
+        )
         self.page.click("#ingest")
         self.page.wait_for_function(
             "document.querySelector('#upload-status')?.innerText.includes('Into')",
@@ -159,40 +195,26 @@ class Visit:
         return str(self.page.inner_text("#upload-status"))
 
     def ask(self, question: str) -> tuple[float, list[int]]:
-        """Seconds until the first answer text shows, and the answer's lengths as it grew."""
+        """Seconds until the first answer text shows, and the answer's lengths as it grew:
+        recorded in the page at every DOM change (a MutationObserver), so no step of the
+        stream falls between two samples taken from here."""
         page = self.page
         page.get_by_role("tab", name="Chat").click()
         if not page.locator("#details").count():
             # Route and timings opens once and stays open: it shows the answer's progress.
             page.get_by_text("Route and timings").click()
-        bots = page.locator("#chatbot [data-testid='bot']")
-        bots_before = bots.count()
-        last_before = bots.last.inner_text().strip() if bots_before else ""
-        running = False
         page.fill("#question textarea", question)
-        started = time.monotonic()
+        page.evaluate(RECORD_ANSWER_GROWTH)
         page.click("#send")
-        first: float | None = None
-        lengths: list[int] = []
-        while time.monotonic() - started < 180:
-            count = bots.count()
-            text = bots.last.inner_text().strip() if count else ""
-            if count > bots_before or (text and text != last_before):
-                if text and first is None:
-                    first = time.monotonic() - started
-                if text and (not lengths or lengths[-1] != len(text)):
-                    lengths.append(len(text))
-            # Route and timings shows stage progress while the answer runs, then the table
-            # with its `total` row once the answer is final.
-            details = str(page.evaluate("document.querySelector('#details')?.innerText || ''"))
-            running = running or "input_guards: ran" in details
-            if running and "total" in details:
-                break
-            time.sleep(0.03)
-        if first is None:
+        try:
+            page.wait_for_function("window.__answer.done", timeout=180_000)
+        finally:
+            record = page.evaluate("window.__answer")
+            page.evaluate("window.__answerObserver.disconnect()")
+        if record["first_ms"] is None:
             self.shot("failed-ask")
-        assert first is not None, f"no answer text appeared for {question!r}"
-        return first, lengths
+        assert record["first_ms"] is not None, f"no answer text appeared for {question!r}"
+        return record["first_ms"] / 1000, [int(n) for n in record["lengths"]]
 
     def outside_requests(self) -> list[str]:
         own = urlparse(self.url).netloc
@@ -297,14 +319,21 @@ def test_a_user_logs_in_uploads_asks_reads_a_source_and_rates_the_answer(
     conversations = bob.page.inner_text("#conversations")
     assert "Zephyr" not in conversations and "Seeded" not in conversations
     bob.page.get_by_role("tab", name="Documents").click()
-    bob.page.wait_for_timeout(500)
-    assert "alice/" not in bob.page.inner_text("#documents")
-    assert "examples/faq.md" in bob.page.inner_text("#documents"), "shared documents stay"
-    bob.ask("What is the Zephyr project code name?")
-    assert not any(
-        "alice/" in label for label in bob.page.locator("#sources label").all_inner_texts()
+    # The list has loaded once it shows the shared documents; then alice's must be absent.
+    bob.page.wait_for_function(
+        "document.querySelector('#documents')?.innerText.includes('examples/faq.md')"
     )
+    assert "alice/" not in bob.page.inner_text("#documents")
+    bob.ask("What is the Zephyr project code name?")
+    bob_sources = bob.page.locator("#sources label")
+    assert bob_sources.count() >= 1, "bob's answer cites passages he can open"
+    assert not any("alice/" in label for label in bob_sources.all_inner_texts())
+    assert "HERON-42" not in bob.page.locator("#chatbot [data-testid='bot']").last.inner_text()
+    # He opens what he was given: the passage shows, and alice's code name is not in it.
+    bob_sources.first.click()
+    bob.page.wait_for_selector("#passage .passage")
+    opened = bob.page.inner_text("#passage")
+    assert opened.strip() and "HERON-42" not in opened
     bob.shot("09-other-user")
-    assert "HERON-42" not in bob.page.inner_text("#passage")
     assert bob.outside_requests() == [], bob.outside_requests()
     assert bob.page.locator("#signed-in").inner_text().startswith("Signed in as bob")

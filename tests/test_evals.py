@@ -328,3 +328,40 @@ def test_answer_scores_count_refusals_and_blocks() -> None:
     assert scores.refusal_rate == pytest.approx(2 / 3)
     assert scores.blocked_rate == pytest.approx(1 / 3)
     assert scores.citation_precision == pytest.approx(1 / 2)
+
+
+def _pytest_on(test_file: Path, ci: str) -> subprocess.CompletedProcess[str]:
+    # tests/conftest.py loaded as a plugin, so its hook judges a file outside tests/.
+    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [*command, "-q", "-rs", str(test_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(test_file.parent), "CI": ci},
+        check=False,
+    )
+
+
+def test_a_skip_in_ci_is_a_failure_and_a_listed_skip_elsewhere(tmp_path: Path) -> None:
+    # The eval gate above skips without ../shared/eval-data: in CI that skip must be red.
+    test_file = tmp_path / "test_gate_stand_in.py"
+    test_file.write_text(
+        "import pytest\n\n"
+        "def test_needs_data():\n    pytest.skip('eval data is not beside this checkout')\n\n"
+        "@pytest.mark.skipif(True, reason='kubectl is not on this machine')\n"
+        "def test_needs_kubectl():\n    pass\n\n"
+        "@pytest.mark.xfail(reason='a known gap', strict=True)\n"
+        "def test_known_gap():\n    assert False\n\n"
+        "def test_runs():\n    assert True\n"
+    )
+    in_ci = _pytest_on(test_file, "true")
+    assert in_ci.returncode == 1, in_ci.stdout[-2000:]
+    # The skip in the test body fails it; the skip decided at setup (a skipif) is an error.
+    assert "1 failed, 1 passed, 1 xfailed, 1 error" in in_ci.stdout, in_ci.stdout[-2000:]
+    assert "skipped in CI" in in_ci.stdout and "kubectl is not on this machine" in in_ci.stdout
+    locally = _pytest_on(test_file, "")
+    assert locally.returncode == 0, locally.stdout[-2000:]
+    assert "1 passed, 2 skipped, 1 xfailed" in locally.stdout, locally.stdout[-2000:]
+    assert "SKIPPED" in locally.stdout and "eval data is not beside" in locally.stdout

@@ -158,7 +158,14 @@ def test_both_stores_keep_search_delete_and_reopen_alike(
     assert reopened.open_existing() == info
     assert reopened.count() == 1
     assert set(reopened.file_states()) == {"d/0.md"}
-    assert isinstance(reopened.search(np.asarray(embedder.embed_query("receipts")), 5), list)
+    # The reopened store searches what it kept (the deleted chunk stays gone), dense and
+    # hybrid alike: an empty list here once passed as "reopened".
+    question = "How many remote days?"
+    for found in (
+        reopened.search(np.asarray(embedder.embed_query("receipts")), 5),
+        reopened.search(np.asarray(embedder.embed_query(question)), 5, text=question),
+    ):
+        assert [(h.chunk.path, h.chunk.text) for h in found] == [("d/0.md", texts[0])]
     reopened.close()
 
 

@@ -15,12 +15,20 @@ from rag.multi import (
     best_quality,
     concatenate,
     consensus,
+    merge,
     normalise_answer,
     quality_score,
+    run_chain,
     weighted,
 )
 from rag.pipeline import AskOptions, Pipeline, QuestionError
+from rag.schema import ChatMessage
 from rag.settings import ModelEndpoint
+
+# Step 2's instruction. "Rewrite your answer in capital letters." is screened as reply
+# manipulation by the injection rules (a chain instruction is the caller's text, screened
+# like the question) and the chain was refused before it ran.
+REWRITE = "Say the same thing again in fewer words."
 
 
 def answers(*pairs: tuple[str, float]) -> list[ModelAnswer]:
@@ -91,19 +99,74 @@ async def test_ensemble_synthesises_one_answer_with_another_call(two_models: Pip
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("code", "other"), [("HERON-42", "KESTREL-7"), ("KESTREL-7", "HERON-42")])
+async def test_the_ensemble_synthesis_answers_from_the_drafts(
+    two_models: Pipeline, code: str, other: str
+) -> None:
+    # The question does not hold the code name: only the drafts the synthesis call is given
+    # can put it in the merged answer (and the other name, never given, stays out).
+    drafts = [
+        ModelAnswer("smollm2", f"The project code name is {code}.", 0.9),
+        ModelAnswer("smollm2-b", f"The code name of the project is {code}.", 0.8),
+    ]
+    merged = await merge(
+        MergeStrategy.ENSEMBLE,
+        drafts,
+        two_models.stages.pool,
+        "What is the project code name?",
+        "smollm2",
+        32,
+    )
+    assert code in merged.text and other not in merged.text, merged.text
+    assert merged.strategy == MergeStrategy.ENSEMBLE and merged.answers == tuple(drafts)
+
+
+@pytest.mark.slow
 async def test_a_chain_passes_each_step_the_previous_output(two_models: Pipeline) -> None:
     answer = await two_models.ask(
         "What is the minimum password length?",
         options=AskOptions(
             chain=(
                 ChainStep("smollm2", "Answer in one sentence."),
-                ChainStep("smollm2-b", "Rewrite your answer in capital letters."),
+                ChainStep("smollm2-b", REWRITE),
             )
         ),
     )
     generate = next(s for s in answer.stages if s.name == "generate")
     assert answer.status == "answered" and answer.text
     assert "chain: smollm2 → smollm2-b" in generate.detail
+    # That step 2 saw step 1's output is shown at the pool, where both prompts can be asked
+    # directly (next test): through the whole pipeline, step 2 alone can give the chain's
+    # answer word for word (both say "…is 14 characters." once the repeats are cut).
+
+
+@pytest.mark.slow
+async def test_a_chain_step_is_given_the_previous_steps_output_before_its_instruction(
+    two_models: Pipeline,
+) -> None:
+    pool = two_models.stages.pool
+    question = [ChatMessage("user", "Name a colour of the rainbow.")]
+    instruction = "Repeat your previous answer, word for word."
+    steps = (
+        ChainStep("smollm2", "Answer in one short sentence."),
+        ChainStep("smollm2-b", instruction),
+    )
+    first, second = await run_chain(pool, steps, question, 24, 0.0)
+    assert (first.model, second.model) == ("smollm2", "smollm2-b")
+    # Step 2 asked directly, with and without step 1's output before its instruction: the
+    # chain's step 2 answered what it would answer having seen it, which is not what it
+    # answers blind.
+    after_first = [
+        *question,
+        ChatMessage("assistant", first.text),
+        ChatMessage("user", instruction),
+    ]
+    seen, _ = await pool.answer("smollm2-b", after_first, 24, 0.0)
+    blind, _ = await pool.answer(
+        "smollm2-b", [*question, ChatMessage("user", instruction)], 24, 0.0
+    )
+    assert seen.text != blind.text, "the comparison must be able to tell the two apart"
+    assert second.text == seen.text, (second.text, seen.text, blind.text)
 
 
 @pytest.mark.slow

@@ -288,6 +288,38 @@ async def test_a_full_queue_refuses_at_once_and_a_queued_request_waits_its_turn(
     assert rest and await queued
 
 
+async def test_a_queued_request_gives_up_after_queue_timeout_s_and_frees_its_place(
+    provisioned: Settings, servers: list[VLLMServer]
+) -> None:
+    timeout_s = 2.0
+    pool = build_pool(
+        pool_settings(
+            provisioned,
+            {"tiny": tiny([servers[1].url])},
+            max_concurrency_per_replica=1,
+            queue_size=1,
+            queue_timeout_s=timeout_s,
+        )
+    )
+    replicas = pool.models["tiny"]
+    # The slot is held, by construction, for as long as the holder's stream is not read on.
+    holder = pool.stream("tiny", QUESTION, 40, 0.0)
+    await anext(holder)
+    started = time.monotonic()
+    with pytest.raises(PoolSaturated, match=f"within {timeout_s:.0f} s"):
+        await collect(pool, "tiny", 8, [])
+    waited = time.monotonic() - started
+    assert timeout_s <= waited < timeout_s + 30, waited
+    # The request that gave up left the queue: the next one may wait in its place.
+    assert len(replicas.queue) == 0
+    queued = asyncio.create_task(collect(pool, "tiny", 8, []))
+    async with asyncio.timeout(60):
+        while len(replicas.queue) < 1:
+            await asyncio.sleep(0.01)
+    rest = [delta async for delta in holder]
+    assert rest and await queued
+
+
 async def test_killing_the_serving_replica_mid_answer_fails_over_and_continues(
     provisioned: Settings, servers: list[VLLMServer]
 ) -> None:

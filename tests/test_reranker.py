@@ -56,3 +56,19 @@ def test_an_absent_reranker_is_skipped_with_the_reason(provisioned: Settings) ->
     reranker, missing = build_reranker(provisioned)
     assert reranker is None
     assert "BAAI/bge-reranker-base" in missing and "models" in missing
+
+
+def test_the_tiny_reranker_is_the_same_model_every_build(
+    tiny_reranker_dir: Path, tmp_path: Path
+) -> None:
+    # Seeded weights: the tests above score with the same model on every run.
+    question = "remote work days"
+    first = CrossEncoderReranker("tiny", tiny_reranker_dir).rerank(question, _hits(5), top_k=5)
+    rebuilt = tiny_cross_encoder(tmp_path / "again")
+    again = CrossEncoderReranker("tiny", rebuilt).rerank(question, _hits(5), top_k=5)
+    assert [(h.chunk.id, h.rerank_score) for h in again] == [
+        (h.chunk.id, h.rerank_score) for h in first
+    ]
+    other = tiny_cross_encoder(tmp_path / "other-seed", seed=1)
+    different = CrossEncoderReranker("tiny", other).rerank(question, _hits(5), top_k=5)
+    assert [h.rerank_score for h in different] != [h.rerank_score for h in first]

@@ -15,7 +15,7 @@ from evals.bench_ingest import replicate_vectors
 from ingest.chunking import chunk_document
 from ingest.readers import read_document
 from rag.compose import build_embedder
-from rag.schema import Chunk
+from rag.schema import Chunk, Hit
 from rag.settings import Settings
 from rag.store import DENSE, INDEXED_FIELDS, SHARED, CollectionInfo, EdgeStore, point_id
 from tests.conftest import EXAMPLES
@@ -39,12 +39,20 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
     vectors = replicate_vectors(embedder.embed_documents(texts), POINTS)
     store = EdgeStore(tmp_path / "edge")
     store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
+    # Three owners in turn, a third of the points each: replicated vectors put every owner's
+    # copies among any question's nearest, so an owner-scoped search has points to leave out.
+    owners = ("alice", "bob", SHARED)
     for at in range(0, POINTS, 2000):
+        owner = owners[at // 2000 % len(owners)]
         batch = [
-            Chunk(id=point_id(f"s/{i}.md", 0, str(i)), text=texts[i % len(texts)], path=f"s/{i}.md")
+            Chunk(
+                id=point_id(f"{owner}/{i}.md", 0, str(i)),
+                text=texts[i % len(texts)],
+                path=f"{owner}/{i}.md",
+            )
             for i in range(at, at + 2000)
         ]
-        store.upsert(batch, vectors[at : at + 2000], [1] * len(batch))
+        store.upsert(batch, vectors[at : at + 2000], [1] * len(batch), owner=owner)
     questions = [
         "How many days of annual leave do I get?",
         "What is the minimum password length?",
@@ -71,8 +79,15 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
         len(exact_ids(p) & {h.chunk.id for h in store.search(p, 10)}) / 10 for p in probes
     )
     assert recall >= 0.9
-    scoped = store.search(probes[0], 10, text=questions[0], owners=("alice", SHARED))
-    assert len(scoped) == 10
+
+    def owners_of(hits: list[Hit]) -> set[str]:
+        return {h.chunk.path.split("/")[0] for h in hits}
+
+    for probe, question in zip(probes, questions, strict=True):
+        assert owners_of(store.search(probe, 30, text=question)) == set(owners), question
+        scoped = store.search(probe, 10, text=question, owners=("alice", SHARED))
+        assert len(scoped) == 10 and owners_of(scoped) <= {"alice", SHARED}, question
+        assert owners_of(store.search(probe, 10, owners=("bob",))) == {"bob"}, question
     store.close()
 
 

@@ -34,10 +34,14 @@ def test_prometheus_counts_stages_verdicts_routes_and_cache_results() -> None:
     metrics.record(ANSWER, "ann")
     text = generate_latest(metrics.registry).decode()
     assert 'guardrag_stage_seconds_count{stage="generate",status="ran"} 1.0' in text
+    # Counted as the verdict stands after policy: the flag ANSWER carries has no action yet
+    # (allow), so no "block" series exists; each verdict is one count under its labels.
     assert (
-        'guardrag_guard_verdicts_total{action="block",guard="injection",outcome="block"}'
-        not in text
+        'guardrag_guard_verdicts_total{action="allow",guard="injection",outcome="block"} 1.0'
+        in text
     )
+    assert 'guardrag_guard_verdicts_total{action="allow",guard="pii",outcome="allow"} 1.0' in text
+    assert 'guardrag_guard_verdicts_total{action="block",guard="injection"' not in text
     assert 'guardrag_routes_total{model="smollm2",task="document_qa"} 1.0' in text
     assert 'guardrag_cache_total{result="miss"} 1.0' in text
     assert 'guardrag_requests_total{status="answered"} 1.0' in text
@@ -88,3 +92,20 @@ def test_prometheus_counts_prompt_and_completion_tokens_per_model() -> None:
     assert 'guardrag_completion_tokens_total{model="smollm2"} 74.0' in text
     assert 'guardrag_prompt_tokens_total{model="coder"} 412.0' in text
     assert 'guardrag_completion_tokens_total{model="coder"} 37.0' in text
+
+
+def test_prometheus_counts_each_blocked_verdict_under_the_action_policy_took() -> None:
+    blocked = dataclasses.replace(ANSWER.verdicts[1], action="block", policy="injection.on_flag")
+    refused = dataclasses.replace(
+        ANSWER, status="refused", verdicts=(ANSWER.verdicts[0], blocked), text="Refused."
+    )
+    metrics = PrometheusTelemetry()
+    metrics.record(refused, "ann")
+    metrics.record(refused, "bob")
+    text = generate_latest(metrics.registry).decode()
+    assert (
+        'guardrag_guard_verdicts_total{action="block",guard="injection",outcome="block"} 2.0'
+        in text
+    )
+    assert 'guardrag_guard_verdicts_total{action="allow",guard="pii",outcome="allow"} 2.0' in text
+    assert 'guardrag_requests_total{status="refused"} 2.0' in text

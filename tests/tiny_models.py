@@ -10,32 +10,50 @@ WORDS = (
 )
 
 
-def tiny_cross_encoder(target: Path) -> Path:
+def tiny_cross_encoder(target: Path, seed: int = 0) -> Path:
     """A 1-layer BERT sequence classifier with one output: the shape of a bge reranker."""
-    return tiny_bert_classifier(target, labels=None)
+    return tiny_bert_classifier(target, labels=None, seed=seed)
 
 
-def tiny_bert_classifier(target: Path, labels: list[str] | None) -> Path:
+def tiny_bert_classifier(
+    target: Path,
+    labels: list[str] | None,
+    seed: int = 0,
+    positions: int = 512,
+    initializer_range: float = 0.02,
+) -> Path:
     """A 1-layer BERT sequence classifier: one output when `labels` is None (a reranker),
-    else one output per label (a prompt-injection classifier such as Prompt Guard)."""
+    else one output per label (a prompt-injection classifier such as Prompt Guard). The same
+    `seed` gives the same weights, so a test scores with the same model every run. With few
+    `positions` the model fails on any longer text, as a real model fails at run time. BERT's
+    own `initializer_range` (0.02) leaves every score near 0.5; a wider one spreads them."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     target.mkdir(parents=True, exist_ok=True)
     vocab = target / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab.write_text("\n".join(tokens) + "\n")
+    # The vocabulary itself, not `vocab_file=`: transformers 5 ignores that keyword and the
+    # tokenizer then knew only the five special tokens (every word read as [UNK]).
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
+        initializer_range=initializer_range,
         num_labels=1 if labels is None else len(labels),
         id2label=None if labels is None else dict(enumerate(labels)),
         label2id=None if labels is None else {name: i for i, name in enumerate(labels)},
     )
-    BertForSequenceClassification(config).save_pretrained(target)
+    # A forked generator: seeding leaves the rest of the run's random state as it was.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 

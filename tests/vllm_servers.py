@@ -51,6 +51,19 @@ class VLLMServer:
                 self.kill()
 
 
+def capped_threads() -> dict[str, str]:
+    """The environment a test server runs in: its front end's torch on one thread and its
+    engine pinned to one core (the last, which vLLM's automatic binding picks on 2 cores), so
+    its speed does not depend on the machine's core count (tests/conftest.py sets the same)."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(
+            "VLLM_CPU_OMP_THREADS_BIND", str((os.cpu_count() or 1) - 1)
+        ),
+    }
+
+
 def start_vllm_servers(
     model_dir: Path, served_name: str, count: int, log_dir: Path, kv_cache_mib: int = 256
 ) -> list[VLLMServer]:
@@ -82,7 +95,11 @@ def start_vllm_servers(
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=capped_threads(),
             )
         servers.append(VLLMServer(process, port, log_path))
     deadline = time.monotonic() + 240
