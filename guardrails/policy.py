@@ -23,6 +23,15 @@ def apply_policy(verdict: Verdict, policy: Policy) -> Verdict:
             policy=f"on_unavailable={policy.on_unavailable}",
         )
     if verdict.flagged:
+        if policy.on_flag == "redact" and verdict.sanitized_text is None:
+            # The guard found something it cannot cut out (an injection verdict scores the
+            # whole text): passing the text on would be `warn` without the warning.
+            return replace(
+                verdict,
+                outcome="block",
+                action="block",
+                policy="on_flag=redact (nothing this guard can redact: blocked)",
+            )
         return replace(
             verdict,
             outcome=policy.on_flag,

@@ -481,6 +481,9 @@ class ModelPool:
                 {
                     "where": s.replica.where,
                     "healthy": s.healthy,
+                    # Its latest health probe succeeded (`healthy` forgives one failure,
+                    # for routing around a busy server; readiness does not).
+                    "answering": s.health_failures == 0,
                     "breaker": s.breaker.state,
                     "in_flight": s.in_flight,
                     "running": None if s.load is None else s.load.running,

@@ -103,3 +103,17 @@ def test_documents_are_stored_redacted_whatever_the_question_policy_says(
     question = {g.name: g.policy.on_flag for g in build_guards(settings, "question")}
     chunk = {g.name: g.policy.on_flag for g in build_guards(settings, "chunk")}
     assert question["secrets"] == "block" and chunk["secrets"] == "redact"
+
+
+def test_redact_on_a_finding_that_cannot_be_cut_out_blocks_and_says_so() -> None:
+    from guardrails.policy import apply_policy
+    from guardrails.verdict import flagged
+    from rag.settings import GuardPolicy
+
+    redact = GuardPolicy(on_flag="redact")
+    whole = apply_policy(flagged("injection", 0.9, ("override",), "rules 0.9"), redact)
+    assert (whole.action, whole.outcome) == ("block", "block")
+    assert "nothing this guard can redact" in whole.policy
+    cut = apply_policy(flagged("pii", 0.9, ("PERSON",), "1 span", sanitized="<PERSON_1>"), redact)
+    assert (cut.action, cut.policy) == ("redact", "on_flag=redact")
+    assert cut.sanitized_text == "<PERSON_1>"

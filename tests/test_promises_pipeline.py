@@ -129,12 +129,8 @@ async def test_injection_on_flag_warn_answers_and_says_it_was_flagged(
     assert any(OVERRIDE in m.content for m in answer.prompt), "warn passes the question on"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (issue 20 item 5): with injection on_flag: redact the flagged question "
-    "reaches the model verbatim; the injection verdict carries no redacted text, and the "
-    "pipeline passes the question on unchanged, which is warn without the warning",
-)
+# Found by this test (issue 20 item 5): with `on_flag: redact` the flagged question reached
+# the model word for word, since an injection verdict has no redacted text to pass on.
 async def test_injection_on_flag_redact_keeps_the_flagged_text_from_the_model(
     pipeline: Pipeline, corpus_settings: Settings
 ) -> None:
@@ -145,11 +141,12 @@ async def test_injection_on_flag_redact_keeps_the_flagged_text_from_the_model(
         f"How many days a week may staff work remotely? {ATTACK}"
     )
     injection = verdict_of(answer, "injection")
-    assert injection.action == "redact" and injection.policy == "on_flag=redact", injection
+    # Nothing in an injection verdict can be cut out of the text: redact fails closed, and
+    # says so.
+    assert injection.action == "block" and "nothing this guard can redact" in injection.policy
+    assert answer.status == "blocked"
     sent = "\n".join(m.content for m in answer.prompt).lower()
-    # Redacted means the model never reads the instruction it was flagged for.
     assert "ignore all previous instructions" not in sent, sent[-800:]
-    assert "system prompt" not in sent.split("remotely")[-1]
 
 
 # ---------------------------------------------------------------- retrieval.mode

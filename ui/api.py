@@ -425,7 +425,11 @@ def _add_operator_routes(
             return refuse(request)
         await pipeline.stages.pool.refresh()
         status = pipeline.stages.pool.status()
-        ready = all(any(r["healthy"] for r in replicas) for replicas in status.values())
+        # Ready when every model has a replica that answered this very probe: a refused
+        # connection at start is not ready, even before a second probe marks it down.
+        ready = all(
+            any(r["healthy"] and r["answering"] for r in replicas) for replicas in status.values()
+        )
         return JSONResponse({"ready": ready, "models": status}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
