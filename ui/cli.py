@@ -515,21 +515,35 @@ def models_train(
 
 
 @models_app.command("list")
-def models_list(profile: ProfileOption = None) -> None:
-    """Each model the profile names: where it is and whether it loads."""
+def models_list(
+    profile: ProfileOption = None,
+    load: Annotated[
+        bool,
+        typer.Option(
+            "--load",
+            help="Also load each model as the stage using it would (imports torch, "
+            "transformers and spaCy: seconds per model).",
+        ),
+    ] = False,
+) -> None:
+    """Each model the profile names: where it is and whether it is usable. By default from its
+    files alone, importing no model library: config.json and the tokenizer parse, every weights
+    file is whole (a safetensors header must match the file's size) and a spaCy package's files
+    have the sizes pip recorded, so a missing or cut-short file says "no". `--load` also loads
+    each model (seconds each)."""
     settings = _settings(profile)
-    with console.status("loading each model…"):
-        statuses = list_models(settings)
+    with console.status("loading each model…" if load else "checking each model's files…"):
+        statuses = list_models(settings, try_load=load)
     _print_models(statuses)
 
 
 def _print_models(statuses: list[Any]) -> None:
     table = Table(title="models")
-    for column in ("role", "model", "where", "loads", "detail"):
+    for column in ("role", "model", "where", "usable", "detail"):
         table.add_column(column, overflow="fold")
     for s in statuses:
-        loads = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[s.loads]
-        table.add_row(s.role, s.model_id, str(s.path or "missing"), loads, s.detail)
+        usable = "[green]yes[/]" if s.usable else "[red]no[/]"
+        table.add_row(s.role, s.model_id, str(s.path or "missing"), usable, s.detail)
     console.print(table)
 
 
