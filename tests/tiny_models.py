@@ -122,3 +122,35 @@ def tiny_llama(
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def tiny_llama_saying(target: Path, text: str) -> Path:
+    """A real 1-layer Llama whose weights make greedy decoding say `text` over and over, whatever
+    the prompt: a generator whose answer a test can predict without mocking the model.
+
+    How the weights decide it: `text` is one added token; every layer's output projections
+    (attention `o_proj`, MLP `down_proj`) are zero, so the residual stream at every position is
+    just the token's embedding; every embedding is the same all-ones vector, so the final
+    (RMS-normed) hidden state is all ones whatever the context; and only the `text` token's row
+    of the unembedding is non-zero, so its logit is the one positive one. End-of-sequence never
+    wins: the model says `text` until max_tokens, one streamed token each time."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tiny_llama(target, hidden_size=128, layers=1)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.add_tokens([text])
+    said = tokenizer.convert_tokens_to_ids(text)
+    model = LlamaForCausalLM.from_pretrained(target)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[said].fill_(0.1)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
