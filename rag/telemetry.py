@@ -10,7 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -75,6 +75,20 @@ class PrometheusTelemetry:
             "guardrag_completion_tokens_total",
             "Tokens each model generated",
             ["model"],
+            registry=self.registry,
+        )
+        # What the API's admission sees: requests holding one of api.max_concurrent places,
+        # and those turned away (by reason) before any work. An autoscaler or an operator
+        # reads load here; a 503 that spends nothing shows up nowhere else.
+        self.api_in_progress = Gauge(
+            "guardrag_api_requests_in_progress",
+            "API requests holding a place (api.max_concurrent)",
+            registry=self.registry,
+        )
+        self.api_refused = Counter(
+            "guardrag_api_refused_total",
+            "API requests turned away before any work",
+            ["reason"],
             registry=self.registry,
         )
         self.first_token = Histogram(

@@ -9,20 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from rag.compose import build_pipeline, build_pool
 from rag.pipeline import Pipeline
 from rag.settings import ApiSettings, ModelEndpoint, Settings
 from tests.conftest import serve_api
-from tests.tiny_models import tiny_llama
-from tests.vllm_servers import VLLMServer, free_port, start_vllm_servers
+from tests.vllm_servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -311,76 +311,66 @@ async def test_guessing_keys_from_one_address_is_refused_with_429(pipeline: Pipe
     assert holder.status_code == 200
 
 
-@pytest.fixture(scope="module")
-def never_ending_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    """A real vLLM server whose small random model never stops before max_tokens (about 60
-    tokens/s here): an answer of 300 tokens holds its slot for seconds, on any machine."""
-    model = tiny_llama(
-        tmp_path_factory.mktemp("tiny-never-ends"), never_ends=True, hidden_size=768, layers=6
-    )
-    (server,) = start_vllm_servers(model, "tiny", 1, tmp_path_factory.mktemp("vllm-logs"))
-    yield server
-    server.stop()
+async def requests_in_progress(http: httpx.AsyncClient, url: str) -> float:
+    """The API's own count of requests holding a place, as /metrics reports it."""
+    response = await http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200, response.text
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "guardrag_api_requests_in_progress":
+            return float(family.samples[0].value)
+    raise AssertionError("guardrag_api_requests_in_progress is not in /metrics")
 
 
-async def test_requests_past_the_held_slots_are_503_and_spend_nothing(
-    pipeline: Pipeline, never_ending_server: VLLMServer
-) -> None:
-    """Both slots are held by answers that cannot end for seconds (300 tokens of a model that
-    never stops early) before the burst is sent: every request of the burst finds no room,
-    however the event loop schedules them."""
-    models = {
-        "smollm2": ModelEndpoint(model="tiny", backend="openai", urls=(never_ending_server.url,))
-    }
-    generation = pipeline.settings.generation.model_copy(
-        update={"models": models, "max_tokens": 300}
-    )
-    settings = with_api(
-        pipeline.settings.model_copy(update={"generation": generation}),
-        keys=(KEY,),
-        rate_limit="12/minute",
-        max_concurrent=2,
-    )
-    # No output guards: the random model's text can look like a secret (high entropy), and a
-    # retracted answer would free its slot before the burst. Admission is what is tested here.
-    slow = Pipeline(settings, replace(pipeline.stages, pool=build_pool(settings), output_guards=()))
-    one_passage = {"top_k": 1}  # the tiny model's context is 2048 tokens of a small vocabulary
-    async for url in serve_api(slow, settings):
+async def until_in_progress(http: httpx.AsyncClient, url: str, count: float) -> None:
+    deadline = asyncio.get_running_loop().time() + 60
+    while (now := await requests_in_progress(http, url)) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"{now} in progress, not {count}"
+        await asyncio.sleep(0.05)
+
+
+async def test_requests_past_the_held_slots_are_503_and_spend_nothing(pipeline: Pipeline) -> None:
+    """Both places are held by requests whose bodies have not all arrived (a slow client
+    holds its place from its headers on: bodies are read inside the limit) before the burst
+    is sent, and /metrics says so: every request of the burst finds no room, however slow the
+    machine, because nothing can free a place until the test sends the rest of the bodies."""
+    settings = with_api(pipeline.settings, keys=(KEY,), rate_limit="12/minute", max_concurrent=2)
+    question = json.dumps(
+        {
+            "model": "guardrag",
+            "messages": [{"role": "user", "content": QUESTION}],
+            "guardrag": {"top_k": 1},
+        }
+    ).encode()
+    rest_may_come = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield question[:20]
+        await rest_may_come.wait()
+        yield question[20:]
+
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async for url in serve_api(pipeline, settings):
         async with httpx.AsyncClient(timeout=300) as http:
-            holders = []
-            for _ in range(2):
-                request = http.build_request(
-                    "POST",
-                    f"{url}/v1/chat/completions",
-                    headers={"Authorization": f"Bearer {KEY}"},
-                    json={
-                        "model": "guardrag",
-                        "messages": [{"role": "user", "content": QUESTION}],
-                        "stream": True,
-                        "guardrag": one_passage,
-                    },
+            idle = await requests_in_progress(http, url)
+            holders = [
+                asyncio.create_task(
+                    http.post(f"{url}/v1/chat/completions", headers=headers, content=slow_body())
                 )
-                held = await http.send(request, stream=True)
-                assert held.status_code == 200, await held.aread()
-                # Answer text is arriving: the slot is taken until the 300 tokens are out.
-                lines = held.aiter_lines()
-                while '"content"' not in (line := await anext(lines)) or '"content":""' in line:
-                    pass
-                holders.append((held, lines))
+                for _ in range(2)
+            ]
+            await until_in_progress(http, url, idle + 2)
             burst = await asyncio.gather(
-                *(
-                    post(http, url, [{"role": "user", "content": QUESTION}], guardrag=one_passage)
-                    for _ in range(20)
-                )
+                *(post(http, url, [{"role": "user", "content": QUESTION}]) for _ in range(20))
             )
-            for held, lines in holders:
-                async for _ in lines:
-                    pass
-                await held.aclose()
-            after = await post(
-                http, url, [{"role": "user", "content": QUESTION}], guardrag=one_passage
-            )
+            # The premise held for the whole burst: both places are still taken.
+            assert await requests_in_progress(http, url) == idle + 2
+            rest_may_come.set()
+            held = await asyncio.gather(*holders)
+            await until_in_progress(http, url, idle)
+            after = await post(http, url, [{"role": "user", "content": QUESTION}])
     assert [r.status_code for r in burst] == [503] * 20, [r.text for r in burst][:3]
+    assert all("2 requests in progress (limit 2)" in r.text for r in burst), burst[0].text
+    assert [r.status_code for r in held] == [200, 200], [r.text for r in held]
     # The 503s spent none of the key's 12: 2 held + 1 after, and 9 remain.
     assert after.status_code == 200, after.text
     assert after.headers["x-ratelimit-remaining-requests"] == "9"

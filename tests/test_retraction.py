@@ -32,16 +32,20 @@ KEY = "retraction-key-0123"
 # A real-format AWS access key id (AKIA + 16 of [0-9A-Z]) that is no one's key.
 ACCESS_KEY = "AKIAZ3TQ8MV2LX5KP7RW"
 SAID = f"Deploy with access key {ACCESS_KEY} today. "
-# Far more than the first 240-character window needs: an answer that ends before max_tokens
-# was stopped by the guard, not by its length.
-MAX_TOKENS = 64
-ONE_PASSAGE = 1  # the tiny model's context is 2048 tokens of a small vocabulary
+# Far more than the first 240-character window needs, and more than a fast machine generates
+# in the time the guard takes to flag it (a 64-token ceiling was reached before the flag in a
+# CI run): an answer that ends before max_tokens was stopped by the guard, not by its length.
+MAX_TOKENS = 2048
+CONTEXT_TOKENS = 4096  # MAX_TOKENS + a one-passage prompt (it fit beside 64 in 2,048)
+ONE_PASSAGE = 1  # keeps the prompt well inside the tiny model's context
 
 
 @pytest.fixture(scope="module")
 def key_saying_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     model = tiny_llama_saying(tmp_path_factory.mktemp("tiny-says-a-key"), SAID)
-    (server,) = start_vllm_servers(model, "tiny", 1, tmp_path_factory.mktemp("vllm-logs"))
+    (server,) = start_vllm_servers(
+        model, "tiny", 1, tmp_path_factory.mktemp("vllm-logs"), max_model_len=CONTEXT_TOKENS
+    )
     yield server
     server.stop()
 
@@ -127,7 +131,7 @@ async def test_a_streamed_answer_the_secrets_guard_flags_is_retracted_and_refuse
     assert ACCESS_KEY in shown, shown
     assert "AWS_ACCESS_KEY" in retraction["guardrag"]["reason"], retraction
     assert retraction["choices"][0]["delta"] == {"content": ""}
-    # ... and the model was stopped, not left to finish its 64 tokens.
+    # ... and the model was stopped, not left to finish its MAX_TOKENS.
     assert shown.count(ACCESS_KEY) < MAX_TOKENS, shown
     last = after[-1]
     assert last["choices"][0]["finish_reason"] == "content_filter", last

@@ -65,7 +65,12 @@ def capped_threads() -> dict[str, str]:
 
 
 def start_vllm_servers(
-    model_dir: Path, served_name: str, count: int, log_dir: Path, kv_cache_mib: int = 256
+    model_dir: Path,
+    served_name: str,
+    count: int,
+    log_dir: Path,
+    kv_cache_mib: int = 256,
+    max_model_len: int = 2048,
 ) -> list[VLLMServer]:
     """Start `count` servers at once (they load side by side) and wait until all are healthy."""
     servers = []
@@ -87,7 +92,7 @@ def start_vllm_servers(
             "--dtype",
             "float32",
             "--max-model-len",
-            "2048",
+            str(max_model_len),
             "--enforce-eager",
             # An explicit KV cache: enough for these tests, and no 92 %-free-RAM check.
             "--kv-cache-memory-bytes",

@@ -104,8 +104,9 @@ def _unavailable(answer: Answer) -> Response:
 class Admission:
     """Who is asking (from the bearer key), at what rate, and whether there is room."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: PrometheusTelemetry) -> None:
         self.keys = settings.api.keys
+        self.metrics = metrics
         self.rate = parse_rate(settings.api.rate_limit)
         # memory:// by default; redis:// makes a key's rate one across every pod.
         self.limiter = MovingWindowRateLimiter(rate_limit_storage(settings))
@@ -167,7 +168,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
     app = FastAPI(
         title="guardrag", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None
     )
-    admission = Admission(settings)
+    admission = Admission(settings, metrics)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -180,6 +181,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         )
 
     def refuse(request: Request) -> Response:
+        metrics.api_refused.labels("invalid_key").inc()
         if admission.refused_too_often(request):
             return error_response(
                 429, "too many refused keys from this address", "rate_limit_exceeded"
@@ -187,6 +189,7 @@ def build_api(pipeline: Pipeline, settings: Settings, metrics: PrometheusTelemet
         return error_response(401, "a valid bearer key is required", "invalid_api_key")
 
     def throttled(user: str) -> Response:
+        metrics.api_refused.labels("rate_limited").inc()
         return error_response(
             429,
             f"rate limit {settings.api.rate_limit} for this key reached",
@@ -245,6 +248,7 @@ def _refused_for_load(
     if not admission.has_room():
         if not admission.rate_left(user):
             return throttled(user)
+        admission.metrics.api_refused.labels("overloaded").inc()
         return error_response(
             503,
             f"{admission.in_flight} requests in progress (limit {admission.max_concurrent})",
@@ -263,11 +267,13 @@ class _Slot:
         self.admission = admission
         self.released = False
         admission.in_flight += 1
+        admission.metrics.api_in_progress.inc()
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.admission.in_flight -= 1
+            self.admission.metrics.api_in_progress.dec()
 
 
 @dataclass(frozen=True)
