@@ -189,7 +189,10 @@ def time_stages(
     read_s, documents = timed(lambda: [read_document(f, limits) for f in files])
     chunk_s, pieces = timed(lambda: [p for d in documents for p in _chunks(d, parts)])
     sample = pieces[:SCAN_SAMPLE]
-    scan_s, _ = timed(lambda: [parts.injection.check_sync(p) for p in sample])
+    injection = parts.injection
+    if injection is None:
+        raise SystemExit("the injection guard is off in this profile (guards.off): nothing to time")
+    scan_s, _ = timed(lambda: [injection.check_sync(p) for p in sample])
     mine = [i for i, c in enumerate(run.chunks) if f"/{folder.name}/" in c.path]
     write_s = _time_writing([run.chunks[i] for i in mine], run.vectors[mine], parts, scratch)
     return {

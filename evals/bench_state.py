@@ -27,12 +27,12 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.bench import BenchRow
+from evals.local_engines import new_database, postgres_server, redis_server
 from guardrails.verdict import Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, RedisAnswerCache
 from rag.schema import Citation, Route
 from rag.settings import load_settings
 from rag.shared_state import rate_limit_storage, redis_client
-from tests.shared_engines import new_database, postgres_server, redis_server
 from ui.history import HistoryStore, StoredTurn
 
 

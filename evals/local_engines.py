@@ -1,12 +1,14 @@
 """PostgreSQL and Redis as the deployment runs them, started on loopback in a temporary
 directory from Debian's packages (`apt-get install -y postgresql redis-server`): the shared
-stores of issue 19, for its tests and evals/bench_state.py."""
+stores of issue 19, for evals/bench_state.py and the tests (which import it from here: the
+benchmark is product code and must not import from tests/)."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -18,9 +20,14 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.vllm_servers import free_port
-
 INSTALL = "apt-get install -y postgresql redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class EngineMissing(RuntimeError):

@@ -64,6 +64,9 @@ class IngestReport:
     # Chunks stored with findings replaced by a typed placeholder (`[AWS_ACCESS_KEY]`) by a
     # redacting chunk guard (secrets).
     chunks_redacted: int = 0
+    # Chunks stored without an injection verdict because the injection guard is off
+    # (guards.off): said in the report, never silently treated as scanned.
+    chunks_unscanned: int = 0
     seconds: float = 0.0
 
     def summary(self) -> dict[str, int]:
@@ -76,6 +79,7 @@ class IngestReport:
             "chunks_written": self.chunks_written,
             "chunks_flagged": self.chunks_flagged,
             "chunks_redacted": self.chunks_redacted,
+            "chunks_unscanned": self.chunks_unscanned,
         }
 
 
@@ -83,7 +87,8 @@ class IngestReport:
 class IngestParts:
     embedder: SentenceEmbedder
     store: Store
-    injection: InjectionDetector
+    # None when guards.off names injection: chunks are stored unscanned (and counted).
+    injection: InjectionDetector | None
     settings: IngestSettings
     # Chunk guards whose policy redacts (rag/compose.py GUARDS): they run on each chunk's
     # text before it is embedded or stored. The injection guard runs after embedding.
@@ -207,8 +212,12 @@ def ingest_folder(
         )
         # The injection scan reads the vectors just computed: the trained head scores each
         # chunk's own embedding, so scanning adds no second pass of the embedder.
-        batch = [scanned(parts.injection, c, v) for c, v in zip(batch, vectors, strict=True)]
-        report.chunks_flagged += sum(c.flagged for c in batch)
+        if parts.injection is None:
+            report.chunks_unscanned += len(batch)
+        else:
+            injection = parts.injection
+            batch = [scanned(injection, c, v) for c, v in zip(batch, vectors, strict=True)]
+            report.chunks_flagged += sum(c.flagged for c in batch)
         counts = [len(in_flight[c.path].chunks) for c in batch]
         parts.store.upsert(batch, vectors, counts, owner)
         report.chunks_written += len(batch)
@@ -402,12 +411,14 @@ def build_ingest_parts(settings: Settings) -> IngestParts:
     # embedding, so it runs in `scanned`, not with the redacting guards.
     listed = find_guard(chunk_guards, "injection")
     injection = listed.guard if listed is not None else None
+    if injection is not None and not isinstance(injection, InjectionDetector):
+        # A registry entry for injection that is not the detector: scan with the detector
+        # the settings describe, as before (the scan needs `check_sync` with a vector).
+        injection = build_injection(settings)
     return IngestParts(
         embedder=embedder,
         store=open_store_for_embedder(settings, embedder),
-        injection=(
-            injection if isinstance(injection, InjectionDetector) else build_injection(settings)
-        ),
+        injection=injection,
         settings=settings.ingest,
         redacting_guards=tuple(g for g in chunk_guards if g.redacts),
     )

@@ -6,6 +6,7 @@ folder never embeds, and spares importing torch and sentence-transformers and lo
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import threading
@@ -46,6 +47,10 @@ class SentenceEmbedder:
         self._precision = precision
         self._loaded: SentenceTransformer | None = None
         self._load_lock = threading.Lock()
+        # Questions being embedded right now, so that a second caller of the same question
+        # (the injection head beside retrieval, in one request) waits for the first.
+        self._embedding_now: dict[str, concurrent.futures.Future[np.ndarray]] = {}
+        self._embedding_now_lock = threading.Lock()
         # The store checks a collection against the embedder's dimension before anything is
         # embedded: read from the model's files where they say it plainly, so that check
         # loads nothing (and the loaded model must agree, see `_load_model`).
@@ -170,8 +175,28 @@ class SentenceEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         # A request embeds its question for retrieval, then the router and the semantic
-        # cache need the same vector: the last few are kept rather than computed again.
-        return self._embed_query_cached(text)
+        # cache need the same vector: the last few are kept rather than computed again. The
+        # input guards run beside retrieval, so two threads can ask for the same question at
+        # once: the one that asks second waits for the first rather than embedding it again.
+        with self._embedding_now_lock:
+            pending = self._embedding_now.get(text)
+            first = pending is None
+            if first:
+                pending = self._embedding_now[text] = concurrent.futures.Future()
+        assert pending is not None
+        if not first:
+            return pending.result()
+        try:
+            vector = self._embed_query_cached(text)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        else:
+            pending.set_result(vector)
+            return vector
+        finally:
+            with self._embedding_now_lock:
+                del self._embedding_now[text]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one embedder per process, never freed
     def _embed_query_cached(self, text: str) -> np.ndarray:

@@ -63,3 +63,42 @@ def test_a_single_text_is_embedded_in_float32(minilm: Path) -> None:
     fast = SentenceEmbedder("minilm", minilm, precision="bfloat16")
     exact = SentenceEmbedder("minilm", minilm, precision="float32")
     assert np.array_equal(fast.embed_documents(question), exact.embed_documents(question))
+
+
+def test_two_threads_asking_for_one_question_embed_it_once(minilm: Path) -> None:
+    """The input guards (the injection head) and retrieval embed the same question at the
+    same time: the second waits for the first's vector instead of running the model again."""
+    import threading
+
+    embedder = SentenceEmbedder("minilm", minilm)
+    model = embedder.load()
+    encode = model.encode
+    calls: list[str] = []
+    first_is_encoding, second_encodes_too = threading.Event(), threading.Event()
+
+    def counted_encode(texts, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(texts[0])
+        if len(calls) == 1:
+            first_is_encoding.set()
+            # Room for a second caller to reach the model too (it does without the wait).
+            second_encodes_too.wait(timeout=2)
+        else:
+            second_encodes_too.set()
+        return encode(texts, **kwargs)
+
+    model.encode = counted_encode  # type: ignore[method-assign]
+    question = "Who approves travel expenses above the limit?"
+    vectors: list[np.ndarray] = []
+    first = threading.Thread(target=lambda: vectors.append(embedder.embed_query(question)))
+    first.start()
+    assert first_is_encoding.wait(timeout=60)
+    second = threading.Thread(target=lambda: vectors.append(embedder.embed_query(question)))
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert len(calls) == 1, calls
+    assert len(vectors) == 2 and vectors[0] is vectors[1]
+    # The same question later is answered from the kept vectors; a new one is embedded.
+    assert embedder.embed_query(question) is vectors[0]
+    embedder.embed_query("Which office hosts the offsite?")
+    assert len(calls) == 2

@@ -15,8 +15,8 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from evals.local_engines import EngineMissing, new_database, postgres_server
 from tests.conftest import local_settings
-from tests.shared_engines import EngineMissing, new_database, postgres_server
 from ui.history import MIGRATIONS, SCHEMA, HistoryError, HistoryStore, StoredTurn
 
 OpenStore = Callable[[], HistoryStore]

@@ -25,6 +25,7 @@ import yaml
 from limits import parse as parse_rate
 from limits.strategies import MovingWindowRateLimiter
 
+from evals.local_engines import EngineMissing, new_database, postgres_server, redis_server
 from guardrails.audit import AuditLog, AuditRecord
 from guardrails.verdict import Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, RedisAnswerCache
@@ -35,7 +36,6 @@ from rag.shared_state import SharedStateError, rate_limit_storage, redis_client
 from tests.conftest import EXAMPLES, ROOT, local_settings
 from tests.gradio_wire import GradioWire
 from tests.guardrag_processes import run_cli
-from tests.shared_engines import EngineMissing, new_database, postgres_server, redis_server
 from tests.vllm_servers import free_port
 from ui.history import HistoryStore
 

@@ -169,6 +169,11 @@ def upload_summary(result: UploadResult) -> str:
         lines.append(
             f"- {result.chunks_flagged} chunk(s) flagged as prompt injection: kept out of answers"
         )
+    if result.chunks_unscanned:
+        lines.append(
+            f"- {result.chunks_unscanned} chunk(s) stored without an injection scan: "
+            "the injection guard is off (guards.off)"
+        )
     return "\n".join(lines)
 
 

@@ -175,6 +175,11 @@ def ingest(
     console.print(table)
     for file, note in report.notices:
         err.print(f"[cyan]note[/] {escape(file)}: {escape(note)}")
+    if report.chunks_unscanned:
+        err.print(
+            f"[yellow]note[/] {report.chunks_unscanned} chunk(s) stored without an injection "
+            "scan: guards.off names injection (a later ingest rescans only files that change)"
+        )
     for file, reason in report.failed:
         err.print(f"[yellow]failed[/] {escape(file)}: {escape(reason)}")
     if report_json:

@@ -55,6 +55,7 @@ class UploadResult:
     # Files ingested with a note ("decoded as cp1252, detected (not valid UTF-8)").
     notices: tuple[tuple[str, str], ...] = ()
     chunks_flagged: int = 0
+    chunks_unscanned: int = 0
     seconds: float = 0.0
 
 
@@ -162,6 +163,7 @@ class DocumentLibrary:
             failed=tuple((Path(p).name, reason) for p, reason in report.failed),
             notices=tuple((Path(p).name, note) for p, note in report.notices),
             chunks_flagged=report.chunks_flagged,
+            chunks_unscanned=report.chunks_unscanned,
             seconds=report.seconds,
         )
 
