@@ -8,6 +8,10 @@ Data formats (JSONL), as in ../shared/eval-data:
 - benign: `{"id", "text", "label": "benign", "kind"}`
 - moderation (optional): `{"id", "text", "label": "safe" | "unsafe", "question"?: "..."}`,
   an answer and the question it replies to, for the output guard
+
+The guards measured are those the profile runs, built by the same lists a request, an
+ingestion and `guard check` use (`listed_guards`); a guard without a labelled set of its own
+is measured by the share of benign text it flags (`benign_flag_rates`).
 Run: `python -m evals.guards DATA_DIR [--profile P]` (or `guardrag eval --suite guards`).
 """
 
@@ -17,6 +21,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,11 +31,13 @@ from typing import Any
 from evals.pii import pii_scores
 from evals.progress import Advance
 from evals.scoring import Curve, Rates, percentile, precision_recall, rates, roc, sweep
+from guardrails.canary import new_canary
 from guardrails.injection import FLAG_AT, InjectionDetector
-from guardrails.llama_guard import LlamaGuard
-from guardrails.verdict import GuardContext
-from rag.compose import build_injection, build_pii
-from rag.settings import load_settings
+from guardrails.pii import PresidioPII, PseudonymVault
+from guardrails.registry import PresidioGuard
+from guardrails.verdict import CheckedAs, Guard, GuardContext, Verdict
+from rag.compose import GUARDS, build_guards
+from rag.settings import Settings, load_settings
 
 SWEEP_THRESHOLDS = tuple(step / 20 for step in range(1, 20))
 
@@ -38,6 +45,109 @@ SWEEP_THRESHOLDS = tuple(step / 20 for step in range(1, 20))
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
+
+
+# ---------------------------------------------------------------- the guards measured
+
+CHECKED_KINDS: tuple[CheckedAs, ...] = ("question", "chunk", "answer")
+
+
+@dataclass(frozen=True)
+class ListedGuard:
+    """A guard the profile runs, as the registry built it, and the kinds of text it checks."""
+
+    guard: Guard
+    checks: tuple[CheckedAs, ...]
+
+    @property
+    def name(self) -> str:
+        return self.guard.name
+
+
+def listed_guards(settings: Settings) -> tuple[ListedGuard, ...]:
+    """Every guard the profile runs, from the lists a request, an ingestion and `guard check`
+    run (rag/compose.py `build_guards`), once each in registry order: a guard registered there
+    is measured here without an edit."""
+    built: dict[str, Guard] = {}
+    checks: dict[str, list[CheckedAs]] = defaultdict(list)
+    for kind in CHECKED_KINDS:
+        for policed in build_guards(settings, kind):
+            built.setdefault(policed.name, policed.guard)
+            checks[policed.name].append(kind)
+    return tuple(ListedGuard(built[name], tuple(checks[name])) for name in GUARDS if name in built)
+
+
+def off_guards(settings: Settings) -> tuple[str, ...]:
+    """Registered guards the profile turns off (`guards.off`): reported, not measured."""
+    return tuple(name for name in GUARDS if name in settings.guards.off)
+
+
+def presidio_of(guard: Guard) -> PresidioPII | None:
+    """The Presidio analyser behind the registry's PII guard (its spans are what is scored)."""
+    return guard.presidio if isinstance(guard, PresidioGuard) else None
+
+
+def check_context(kind: CheckedAs, settings: Settings, text: str) -> GuardContext:
+    """The context a request gives a guard checking `text` as `kind`: a fresh pseudonym vault,
+    and for answers the system prompt with a canary of the request's own."""
+    if kind == "answer":
+        return GuardContext(
+            checked_as="answer",
+            system_prompt=settings.generation.system_prompt,
+            canary=new_canary(text),
+        )
+    return GuardContext(checked_as=kind, vault=PseudonymVault())
+
+
+@dataclass(frozen=True)
+class FlagRates:
+    """One guard on benign text of one kind: the share it flagged (each of those a false
+    positive), the rows it could not judge, and its latency."""
+
+    rows: int
+    flagged: int
+    unjudged: int
+    p50_ms: float
+    p95_ms: float
+    # The first reason the guard gave for a row it could not judge.
+    unavailable_reason: str = ""
+
+    @property
+    def fpr(self) -> float:
+        judged = self.rows - self.unjudged
+        return self.flagged / judged if judged else 0.0
+
+
+def benign_flag_rates(
+    guard: Guard,
+    kind: CheckedAs,
+    texts: Sequence[str],
+    settings: Settings,
+    advance: Advance | None = None,
+) -> FlagRates:
+    """The guard's own verdict (before any policy) on each benign text, checked as `kind`."""
+
+    async def check_all() -> list[tuple[Verdict, float]]:
+        judged = []
+        for text in texts:
+            started = time.perf_counter()
+            verdict = await guard.check(text, check_context(kind, settings, text))
+            judged.append((verdict, (time.perf_counter() - started) * 1000))
+            if advance is not None:
+                advance()
+        return judged
+
+    judged = asyncio.run(check_all())
+    unjudged = [v.reason for v, _ in judged if v.outcome == "unavailable"]
+    times = [ms for _, ms in judged] or [0.0]
+    return FlagRates(
+        len(judged),
+        sum(1 for v, _ in judged if v.flagged),
+        len(unjudged),
+        round(percentile(times, 50), 2),
+        round(percentile(times, 95), 2),
+        unjudged[0] if unjudged else "",
+    )
 
 
 # ---------------------------------------------------------------- injection
@@ -229,8 +339,13 @@ def dev_metrics_into_card(settings: Any, folder: Path, data: Path) -> dict[str, 
     from guardrails.injection import HeadWeights
     from guardrails.injection.train_head import write_card
 
+    # Built by the registry's own entry: the card describes the detector whether or not the
+    # profile runs it.
+    detector = GUARDS["injection"].build(settings)
+    if not isinstance(detector, InjectionDetector):
+        raise TypeError(f"GUARDS['injection'] builds {type(detector).__name__}, not a detector")
     scores = injection_scores(
-        build_injection(settings),
+        detector,
         read_jsonl(data / "injection_dev.jsonl"),
         read_jsonl(data / "benign_dev.jsonl"),
     )
@@ -263,7 +378,7 @@ class ModerationAgreement:
 
 
 def llama_guard_agreement(
-    guard: LlamaGuard, rows: Sequence[dict[str, Any]], advance: Advance | None = None
+    guard: Guard, rows: Sequence[dict[str, Any]], advance: Advance | None = None
 ) -> ModerationAgreement:
     async def judge_all() -> list[tuple[bool, bool | None]]:
         judged = []
@@ -299,14 +414,19 @@ def main(argv: list[str]) -> None:
     profile = argv[argv.index("--profile") + 1] if "--profile" in argv else None
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings(profile, data_dir=Path(data_dir))
-        pii = pii_scores(build_pii(settings), read_jsonl(data / "pii_dev.jsonl"))
-        injection = injection_scores(
-            build_injection(settings),
-            read_jsonl(data / "injection_dev.jsonl"),
-            read_jsonl(data / "benign_dev.jsonl"),
-        )
-    print(json.dumps({"pii": pii}, indent=1))
-    print_injection("dev", injection)
+        guards = {g.name: g.guard for g in listed_guards(settings)}
+        presidio = presidio_of(guards["pii"]) if "pii" in guards else None
+        if presidio is not None:
+            pii = pii_scores(presidio, read_jsonl(data / "pii_dev.jsonl"))
+            print(json.dumps({"pii": pii}, indent=1))
+        detector = guards.get("injection")
+        if isinstance(detector, InjectionDetector):
+            injection = injection_scores(
+                detector,
+                read_jsonl(data / "injection_dev.jsonl"),
+                read_jsonl(data / "benign_dev.jsonl"),
+            )
+            print_injection("dev", injection)
 
 
 def print_injection(title: str, scores: InjectionScores) -> None:

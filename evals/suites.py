@@ -20,9 +20,15 @@ from evals.answers import (
     latency_scores,
 )
 from evals.guards import (
+    ListedGuard,
+    benign_flag_rates,
+    document_chunks,
     injection_report,
     injection_scores,
+    listed_guards,
     llama_guard_agreement,
+    off_guards,
+    presidio_of,
     read_jsonl,
 )
 from evals.llamaindex_baseline import BaselineMissing, BaselineRun, run_in_child
@@ -39,7 +45,8 @@ from evals.retrieval import (
     scores_from,
 )
 from evals.scoring import percentile
-from guardrails.verdict import GuardContext
+from guardrails.injection import InjectionDetector
+from guardrails.verdict import CheckedAs, GuardContext, is_available
 from ingest.run import IngestReport, build_ingest_parts, ingest_folder
 from rag.settings import Settings
 
@@ -117,6 +124,16 @@ class EvalData:
 
 
 @dataclass(frozen=True)
+class DocumentChunks:
+    """Document chunks as benign rows (kind = folder), their vectors as ingest computes them,
+    and why the retrieval set's documents are not among them ("" when they are)."""
+
+    rows: list[dict[str, Any]]
+    vectors: Any
+    retrieval_qa_missing: str
+
+
+@dataclass(frozen=True)
 class SuiteResult:
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +165,39 @@ class SharedWork:
     @functools.cached_property
     def questions(self) -> list[QAQuestion]:
         return spread(load_questions(self.data.retrieval_qa), self.limit)
+
+    @functools.cached_property
+    def benign_questions(self) -> list[dict[str, Any]]:
+        """The benign set's rows (a spread sample); empty when the set is absent."""
+        return [] if self.data.benign is None else spread(read_jsonl(self.data.benign), self.limit)
+
+    @functools.cached_property
+    def document_chunks(self) -> DocumentChunks:
+        """The shipped examples' and the retrieval set's documents, cut and embedded as ingest
+        does them (at most `limit` chunks)."""
+        from rag.compose import build_embedder
+
+        folders = [ROOT / "examples"]
+        missing = ""
+        try:
+            folders.append(self.data.retrieval_qa / "docs")
+        except ValueError as exc:
+            missing = str(exc)
+        folders = [f for f in folders if f.is_dir()]
+        rows, vectors = document_chunks(folders, build_embedder(self.settings), self.limit)
+        return DocumentChunks(rows, vectors, missing)
+
+    def benign_texts(self, kind: CheckedAs) -> tuple[list[str], str]:
+        """Benign text to check as `kind`, or why there is none: questions from the benign
+        set; document chunks as chunks, and as answers (an answer quotes the documents)."""
+        if kind == "question":
+            if self.data.benign is None:
+                return [], f"no benign set (benign.jsonl or benign_dev.jsonl) in {self.data.root}"
+            return [row["text"] for row in self.benign_questions], ""
+        if kind in ("chunk", "answer"):
+            rows = self.document_chunks.rows
+            return [row["text"] for row in rows], "" if rows else "no documents to cut into chunks"
+        return [], f"no benign text of the kind {kind!r}"
 
     def ensure_corpus(self) -> IngestReport:
         if self.ingest_report is None:
@@ -275,57 +325,125 @@ def retrieval_suite(work: SharedWork) -> SuiteResult:
 
 
 def guards_suite(work: SharedWork) -> SuiteResult:
-    from rag.compose import build_injection, build_output_guard, build_pii
+    """Every guard the profile runs, from the lists the pipeline runs (evals/guards.py
+    `listed_guards`): by its labelled evaluation where it has one, else by the share of
+    benign text of each kind it checks that it flags. A guard registered in rag/compose.py
+    GUARDS is measured here without an edit."""
+    parts = [
+        LABELLED_GUARD_EVALS.get(listed.name, benign_flags_part)(work, listed)
+        for listed in listed_guards(work.settings)
+    ]
+    off = "off in this profile (guards.off)"
+    parts.append(
+        SuiteResult(unavailable={f"guards.{name}": off for name in off_guards(work.settings)})
+    )
+    return SuiteResult(
+        _rounded({k: v for part in parts for k, v in part.metrics.items()}),
+        {k: v for part in parts for k, v in part.details.items()},
+        {k: v for part in parts for k, v in part.unavailable.items()},
+        tuple(note for part in parts for note in part.notes),
+    )
 
-    data, limit = work.data, work.limit
-    metrics: dict[str, float] = {}
-    details: dict[str, Any] = {}
-    unavailable: dict[str, str] = {}
-    if data.pii is None:
-        unavailable["guards.pii"] = f"no PII set (pii.jsonl or pii_dev.jsonl) in {data.root}"
-    else:
-        rows = spread(read_jsonl(data.pii), limit)
-        with work.progress.step("guards: PII", len(rows)) as advance:
-            pii = pii_scores(build_pii(work.settings), rows, advance)
-        metrics |= {f"guards.pii.{ent}.{k}": v for ent, s in pii.items() for k, v in s.items()}
-        details["pii"] = pii
-    if data.injection is None or data.benign is None:
-        unavailable["guards.injection"] = (
-            f"needs injection(_dev).jsonl and benign(_dev).jsonl in {data.root}"
-        )
-    else:
-        attacks = spread(read_jsonl(data.injection), limit)
-        benign = spread(read_jsonl(data.benign), limit)
-        detector = build_injection(work.settings)
-        with work.progress.step("guards: injection", len(attacks) + len(benign)) as advance:
-            injection = injection_scores(detector, attacks, benign, advance)
-        metrics |= _injection_metrics("guards.injection", injection)
-        details["injection"] = injection_report(injection)
-        metrics |= _injection_extra_sets(work, detector, details, unavailable)
-    guard = build_output_guard(work.settings)
-    if not guard.available:
-        probe = asyncio.run(guard.check("", GuardContext(checked_as="answer")))
-        unavailable["guards.llama_guard"] = probe.reason
-    elif data.moderation is None:
-        unavailable["guards.llama_guard"] = (
-            f"no labelled moderation set (moderation.jsonl) in {data.root}"
-        )
-    else:
-        rows = spread(read_jsonl(data.moderation), limit)
-        with work.progress.step("guards: Llama Guard", len(rows)) as advance:
-            agreement = llama_guard_agreement(guard, rows, advance)
-        metrics |= {
-            "guards.llama_guard.agreement": agreement.agreement,
-            "guards.llama_guard.unsafe_precision": agreement.unsafe_precision,
-            "guards.llama_guard.unsafe_recall": agreement.unsafe_recall,
-            "guards.llama_guard.rows": agreement.rows,
-        }
+
+def pii_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:
+    """Presidio's spans against the labelled PII set, per entity type."""
+    presidio = presidio_of(listed.guard)
+    if presidio is None:  # another PII guard registered under the name: no spans to score
+        return benign_flags_part(work, listed)
     enabled = ", ".join(work.settings.guards.pii.entities)
     notes = (
         "PII micro scores count every labelled entity type, also those the profile does not "
         f"enable (enabled: {enabled}); a type it does not enable scores 0 recall",
     )
-    return SuiteResult(_rounded(metrics), details, unavailable, notes)
+    data = work.data
+    if data.pii is None:
+        missing = f"no PII set (pii.jsonl or pii_dev.jsonl) in {data.root}"
+        return SuiteResult(unavailable={"guards.pii": missing}, notes=notes)
+    rows = spread(read_jsonl(data.pii), work.limit)
+    with work.progress.step("guards: PII", len(rows)) as advance:
+        pii = pii_scores(presidio, rows, advance)
+    metrics = {f"guards.pii.{ent}.{k}": v for ent, s in pii.items() for k, v in s.items()}
+    return SuiteResult(metrics, {"pii": pii}, {}, notes)
+
+
+def injection_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:
+    """The detector's layers on the labelled attack and benign sets, on its head's held-out
+    data and on real document chunks."""
+    detector = listed.guard
+    if not isinstance(detector, InjectionDetector):
+        return benign_flags_part(work, listed)
+    data = work.data
+    if data.injection is None or data.benign is None:
+        missing = f"needs injection(_dev).jsonl and benign(_dev).jsonl in {data.root}"
+        return SuiteResult(unavailable={"guards.injection": missing})
+    attacks = spread(read_jsonl(data.injection), work.limit)
+    benign = work.benign_questions
+    with work.progress.step("guards: injection", len(attacks) + len(benign)) as advance:
+        injection = injection_scores(detector, attacks, benign, advance)
+    details: dict[str, Any] = {"injection": injection_report(injection)}
+    unavailable: dict[str, str] = {}
+    metrics = _injection_metrics("guards.injection", injection)
+    metrics |= _injection_extra_sets(work, detector, details, unavailable)
+    return SuiteResult(metrics, details, unavailable)
+
+
+def llama_guard_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:
+    """The output guard's agreement with the labelled moderation set."""
+    guard = listed.guard
+    if not is_available(guard):
+        probe = asyncio.run(guard.check("", GuardContext(checked_as="answer")))
+        return SuiteResult(unavailable={"guards.llama_guard": probe.reason})
+    if work.data.moderation is None:
+        missing = f"no labelled moderation set (moderation.jsonl) in {work.data.root}"
+        return SuiteResult(unavailable={"guards.llama_guard": missing})
+    rows = spread(read_jsonl(work.data.moderation), work.limit)
+    with work.progress.step("guards: Llama Guard", len(rows)) as advance:
+        agreement = llama_guard_agreement(guard, rows, advance)
+    metrics = {
+        "guards.llama_guard.agreement": agreement.agreement,
+        "guards.llama_guard.unsafe_precision": agreement.unsafe_precision,
+        "guards.llama_guard.unsafe_recall": agreement.unsafe_recall,
+        "guards.llama_guard.rows": agreement.rows,
+    }
+    return SuiteResult(metrics)
+
+
+def benign_flags_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:
+    """A guard without a labelled set: for each kind of text it checks, the share of benign
+    text of that kind it flags (questions from the benign set; document chunks, also checked
+    as answers, since answers quote the documents) and its latency."""
+    metrics: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    for kind in listed.checks:
+        prefix = f"guards.{listed.name}.{kind}"
+        texts, missing = work.benign_texts(kind)
+        if missing:
+            unavailable[prefix] = missing
+            continue
+        step = f"guards: {listed.name} on benign text as {kind}s"
+        with work.progress.step(step, len(texts)) as advance:
+            flags = benign_flag_rates(listed.guard, kind, texts, work.settings, advance)
+        if flags.unjudged == flags.rows:
+            unavailable[prefix] = flags.unavailable_reason or f"no benign {kind} to check"
+            continue
+        metrics |= {
+            f"{prefix}.fpr": flags.fpr,
+            f"{prefix}.rows": flags.rows - flags.unjudged,
+            f"{prefix}.p50_ms": flags.p50_ms,
+            f"{prefix}.p95_ms": flags.p95_ms,
+        }
+    kinds = ", ".join(listed.checks)
+    note = f"{listed.name} (no labelled set): share of benign text flagged as {kinds}"
+    return SuiteResult(metrics, {}, unavailable, (note,))
+
+
+# The guards with a labelled evaluation of their own, by registered name; every other guard
+# the profile runs is measured by `benign_flags_part`.
+LABELLED_GUARD_EVALS: dict[str, Callable[[SharedWork, ListedGuard], SuiteResult]] = {
+    "injection": injection_part,
+    "pii": pii_part,
+    "llama_guard": llama_guard_part,
+}
 
 
 def _injection_metrics(prefix: str, scores: Any) -> dict[str, float]:
@@ -343,13 +461,15 @@ def _injection_metrics(prefix: str, scores: Any) -> dict[str, float]:
 
 
 def _injection_extra_sets(
-    work: SharedWork, detector: Any, details: dict[str, Any], unavailable: dict[str, str]
+    work: SharedWork,
+    detector: InjectionDetector,
+    details: dict[str, Any],
+    unavailable: dict[str, str],
 ) -> dict[str, float]:
     """The injection guard on the held-out split of its head's training data (as questions)
     and on real document chunks (as chunks at ingest: the false positives that lose answers)."""
-    from evals.guards import document_chunks, held_out_rows
+    from evals.guards import held_out_rows
     from guardrails.injection.corpora import CorporaMissing
-    from rag.compose import build_embedder
 
     metrics: dict[str, float] = {}
     try:
@@ -363,15 +483,11 @@ def _injection_extra_sets(
             held = injection_scores(detector, attacks, benign, advance)
         metrics |= _injection_metrics("guards.injection_held_out", held)
         details["injection_held_out"] = injection_report(held)
-    folders = [ROOT / "examples"]
-    try:
-        folders.append(work.data.retrieval_qa / "docs")
-    except ValueError as exc:
-        unavailable["guards.injection_chunks.retrieval_qa"] = str(exc)
-    folders = [f for f in folders if f.is_dir()]
-    chunk_rows, vectors = document_chunks(folders, build_embedder(work.settings), work.limit)
-    with work.progress.step("guards: injection on document chunks", len(chunk_rows)) as advance:
-        chunks = injection_scores(detector, [], chunk_rows, advance, "chunk", vectors)
+    documents = work.document_chunks
+    if documents.retrieval_qa_missing:
+        unavailable["guards.injection_chunks.retrieval_qa"] = documents.retrieval_qa_missing
+    with work.progress.step("guards: injection on document chunks", len(documents.rows)) as advance:
+        chunks = injection_scores(detector, [], documents.rows, advance, "chunk", documents.vectors)
     metrics |= {
         "guards.injection_chunks.fpr": chunks.decision.fpr,
         "guards.injection_chunks.chunks": chunks.benign,

@@ -34,7 +34,7 @@ from rag.compose import (
 )
 from rag.embedder import EmbedderUnavailable, SentenceEmbedder
 from rag.schema import Chunk
-from rag.settings import IngestSettings, Settings
+from rag.settings import IngestSettings, Settings, SettingsError
 from rag.store import SHARED, FileState, Store, point_id
 
 log = logging.getLogger(__name__)
@@ -415,6 +415,15 @@ def build_ingest_parts(settings: Settings) -> IngestParts:
         # A registry entry for injection that is not the detector: scan with the detector
         # the settings describe, as before (the scan needs `check_sync` with a vector).
         injection = build_injection(settings)
+    # At ingest a chunk guard either scans (injection: a verdict stored on the chunk) or
+    # redacts (its findings replaced in the stored text). One that does neither would be
+    # listed for chunks and never run: refused here, by name, rather than skipped in silence.
+    idle = [g.name for g in chunk_guards if g.name != "injection" and not g.redacts]
+    if idle:
+        raise SettingsError(
+            f"guard {idle[0]} checks chunks, but ingest runs a chunk guard only when its "
+            "policy redacts (guards.<name>.policy.on_flag: redact) or it is the injection scan"
+        )
     return IngestParts(
         embedder=embedder,
         store=open_store_for_embedder(settings, embedder),

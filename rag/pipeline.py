@@ -147,20 +147,6 @@ class Stages:
         found = find_guard((*self.input_guards, *self.output_guards), name)
         return found.guard if found else None
 
-    # The guards evals/bench_guards.py times alone, by the names it has always used. The
-    # request path never reads these: it runs the lists.
-    @property
-    def pii(self) -> PresidioPII | None:
-        return self.presidio
-
-    @property
-    def injection(self) -> Any:
-        return self.guard("injection")
-
-    @property
-    def output_guard(self) -> Any:
-        return self.guard("llama_guard")
-
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000

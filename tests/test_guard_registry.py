@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from guardrails.pii import PseudonymVault
-from guardrails.registry import screen
-from guardrails.verdict import GuardContext
+from guardrails.registry import GuardEntry, screen
+from guardrails.verdict import GuardContext, Verdict, clean, flagged
 from rag.compose import GUARDS, build_guard_checker, build_guards
 from rag.settings import Settings, SettingsError
 from tests.conftest import local_settings
@@ -117,3 +117,32 @@ def test_redact_on_a_finding_that_cannot_be_cut_out_blocks_and_says_so() -> None
     cut = apply_policy(flagged("pii", 0.9, ("PERSON",), "1 span", sanitized="<PERSON_1>"), redact)
     assert (cut.action, cut.policy) == ("redact", "on_flag=redact")
     assert cut.sanitized_text == "<PERSON_1>"
+
+
+class _ShoutingGuard:
+    """Flags three exclamation marks: a real guard that neither redacts nor scans."""
+
+    name = "shouting"
+
+    async def check(self, text: str, context: GuardContext) -> Verdict:
+        if text.count("!") >= 3:
+            return flagged(self.name, 1.0, ("shouting",), "three exclamation marks")
+        return clean(self.name)
+
+
+def test_a_chunk_guard_ingest_cannot_run_is_refused_by_name_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.run import build_ingest_parts
+
+    monkeypatch.setitem(GUARDS, "shouting", GuardEntry(lambda _: _ShoutingGuard(), ("chunk",)))
+    settings = local_settings(tmp_path)
+    with pytest.raises(SettingsError, match=r"guard shouting checks chunks.*redact"):
+        build_ingest_parts(settings)
+    # With a redacting policy it is one of the guards ingest runs on every chunk.
+    redacting = local_settings(
+        tmp_path / "r", guards={"shouting": {"policy": {"on_flag": "redact"}}}
+    )
+    parts = build_ingest_parts(redacting)
+    parts.store.close()
+    assert [g.name for g in parts.redacting_guards] == ["secrets", "shouting"]
