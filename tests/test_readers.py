@@ -1,4 +1,3 @@
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -159,14 +158,13 @@ def test_docx_zip_bomb_is_refused_without_unpacking_it(tmp_path: Path) -> None:
     assert path.stat().st_size < 500_000
 
     tracemalloc.start()
-    started = time.perf_counter()
     with pytest.raises(ReadError, match="decompression bomb"):
         read_docx(path)
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    # Refused before unpacking: 5 MB at most held for an archive of 50 MB of XML. (How fast
+    # is for benchmarks: a timed assertion here would fail on a loaded machine.)
     assert peak < 5_000_000
-    assert elapsed < 1.0
 
 
 def test_docx_over_the_unzipped_size_limit_is_refused(tmp_path: Path) -> None:
