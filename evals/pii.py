@@ -133,6 +133,14 @@ _LOCALES: dict[Split, tuple[str, ...]] = {
         "cs_CZ",
         "pl_PL",
         "hu_HU",
+        # Places `held` does not draw from, so `tune` also holds Romance, Slovene and Dutch
+        # Belgian forms without borrowing `held`'s own locales.
+        "nl_BE",
+        "fr_CH",
+        "pt_BR",
+        "es_AR",
+        "sl_SI",
+        "en_NZ",
     ),
     "held": (
         "en_US",
@@ -177,6 +185,12 @@ _PHONE_LOCALES = frozenset(
         "ro_RO",
         "it_IT",
         "es_ES",
+        "nl_BE",
+        "fr_CH",
+        "pt_BR",
+        "es_AR",
+        "sl_SI",
+        "en_NZ",
     }
 )
 # Romanised names of traditions Faker writes only in their own script.
@@ -216,6 +230,12 @@ _TEMPLATES: dict[Split, tuple[str, ...]] = {
         "Customer {PERSON} lives at {STREET}; her mobile is {PHONE}.",
         "Our contact, {PERSON}, moved to {CITYLINE} last spring.",
         "I was born on {DOB} and my NI number is {NINO}.",
+        # A birth date beside the name, with no birth word: the way forms and lists write it.
+        "Policyholder: {PERSON}, {DOB}, {STREET}, {CITYLINE}.",
+        "Please add {PERSON} [{DOB}] to the family membership.",
+        "Passenger {PERSON} - {DOB} - needs assistance at boarding.",
+        "{FIRST} from accounts asked me to call {PHONE} before noon.",
+        "Ask {PERSON} whether {STREET} still has visitor parking.",
     ),
     "held": (
         "Could {PERSON} get a callback at {PHONE}? The order never arrived.",
@@ -246,6 +266,36 @@ _CLEAN: dict[Split, tuple[str, ...]] = {
         "The meeting moved to Room 4.12 on the third floor at 14:30.",
         "Version 3.8.18 of the parser fixed bug 44721 reported by Support.",
         "Does the Travel Policy cover a train to the Annual Summit?",
+        "What did the Board decide about the H2 budget for Engineering?",
+        "Is the Q1 2025 all-hands recorded, and where is the slide deck?",
+        "Does Procurement need three quotes for purchases over 10,000 EUR?",
+        "Can HR confirm whether parental leave is 16 or 20 weeks?",
+        "The Customer Success dashboard in Salesforce stopped updating on Monday.",
+        "Who owns the Data Retention Standard, Compliance or IT?",
+        "Reset my VPN token; the Okta prompt keeps failing since the 2.3 update.",
+        "Is lunch reimbursed during the Sales Kickoff in January?",
+        "The Platform team deprecated API v1 on 30 June 2025.",
+        "Which Slack channel handles Facilities requests for Building C?",
+        "Our SLA promises a first response within 4 hours for Priority 1 tickets.",
+        "How do I request a MacBook Pro upgrade through the Service Portal?",
+        "Is Good Friday a public holiday for the Operations staff?",
+        "PO number 4500123987 is waiting for approval by Accounts Payable.",
+        "The FY2024 audit found two issues in Treasury controls.",
+        "Are contractors covered by the Health and Safety induction?",
+        "Release 5.2.1 of the Mobile App ships next Thursday after QA sign-off.",
+        "Does the Learning Budget cover an AWS Solutions Architect exam?",
+        "The Innovation Lab on Level 6 is closed for maintenance this week.",
+        "Who should I contact in Payroll about the Bonus Scheme?",
+        "Can Customer Support issue refunds above 500 dollars without a Manager?",
+        "Zoom or Teams for the Quarterly Business Review?",
+        "Where are the Brand Guidelines and the Logo Pack stored?",
+        "Our Net Promoter Score rose to 47 in Wave 3 of the survey.",
+        "The Risk Committee meets every second Wednesday at 15:00.",
+        "How many sick days can I take before a Fit Note is needed?",
+        "Is Project Falcon still on hold until the Steering Group approves it?",
+        "SKU 77-4410-B is out of stock in the Online Shop.",
+        "The Works Council must approve changes to the On-Call Rota.",
+        "What does Tier 2 Support do when a Severity High incident is escalated?",
     ),
     "held": (
         "When is salary paid in December, before or after Christmas?",
@@ -400,7 +450,7 @@ def generated_rows(split: Split, rows: int = 300, clean_share: float = 0.2) -> l
 
 def long_questions(count: int, chars: int = 1000) -> list[str]:
     """Questions of about `chars` characters built from held-out rows, PII and clean mixed."""
-    rows = generated_rows("held", rows=count * 12)
+    rows = generated_rows("held", rows=count * 20)
     texts, current = [], ""
     for row in rows:
         current = f"{current} {row['text']}".strip()

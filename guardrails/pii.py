@@ -144,6 +144,44 @@ def _offline_tldextract() -> None:
     tld_module.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
 
 
+def _ner_only_engine(spacy_package: str) -> Any:
+    """Presidio's spaCy engine running the entity recognizer alone.
+
+    `en_core_web_sm`'s NER has its own token vectors; the shared tok2vec, the tagger, the
+    parser, the attribute ruler and the lemmatizer serve only tags, the parse and lemmas, and
+    took 40 % of the time on a 1,000-character question. Presidio matches its context words
+    ("phone", "card") against lemmas: the lower-cased word stands in for the lemma (`cards`
+    no longer counts as `card`)."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+
+    class NerOnlySpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+        def load(self) -> None:
+            super().load()
+            pipelines: dict[str, Any] = self.nlp or {}
+            for pipeline in pipelines.values():
+                for name in ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"):
+                    if name in pipeline.pipe_names:
+                        pipeline.disable_pipe(name)
+
+        def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
+            entities, scores = self._get_updated_entities(
+                self._get_entities(doc), self._get_scores_for_entities(doc)
+            )
+            return NlpArtifacts(
+                entities=entities,
+                tokens=doc,
+                tokens_indices=[token.idx for token in doc],
+                lemmas=[token.lower_ for token in doc],
+                nlp_engine=self,
+                language=language,
+                scores=scores,
+            )
+
+    engine = NerOnlySpacyEngine(models=[{"lang_code": "en", "model_name": spacy_package}])
+    engine.load()
+    return engine
+
+
 class PresidioPII:
     """The PII guard: Presidio's analyzer with spaCy NER, placeholders from a PseudonymVault."""
 
@@ -173,7 +211,6 @@ class PresidioPII:
 
     def _build_analyzer(self, spacy_package: str, custom_patterns: dict[str, str]):  # type: ignore[no-untyped-def]
         from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
-        from presidio_analyzer.nlp_engine import NlpEngineProvider
 
         from guardrails.pii_addresses import AddressRecognizer
         from guardrails.pii_labelled import LabelledIdentifierRecognizer
@@ -185,17 +222,11 @@ class PresidioPII:
         # the PII itself. Its loggers stay at WARNING whatever level the application runs at.
         for name in ("presidio-analyzer", "presidio_analyzer"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        nlp_engine = NlpEngineProvider(
-            nlp_configuration={
-                "nlp_engine_name": "spacy",
-                "models": [{"lang_code": "en", "model_name": spacy_package}],
-            }
-        ).create_engine()
-        # Presidio reads tokens, lemmas and entities, never the dependency parse: without the
-        # parser the same findings came 20 % faster on 1,000-character questions.
-        for pipeline in getattr(nlp_engine, "nlp", {}).values():
-            if "parser" in pipeline.pipe_names:
-                pipeline.disable_pipe("parser")
+        from guardrails import pii_names
+
+        nlp_engine = _ner_only_engine(spacy_package)
+        # The lemmatizer's tables are there, switched off or not.
+        english = pii_names.english_words(nlp_engine.nlp["en"])
         analyzer = AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=["en"])
         for entity_type, (pattern, score) in _FORMAT_PATTERNS.items():
             analyzer.registry.add_recognizer(
@@ -220,17 +251,18 @@ class PresidioPII:
         personal = PersonalDetailsRecognizer(self.entities)
         if personal.supported_entities:
             analyzer.registry.add_recognizer(personal)
-        if self._names_lookup is not None and "PERSON" in self.entities:
-            from guardrails import pii_names
+        from guardrails.pii_spacy import CorroboratedSpacyRecognizer
 
+        lookup = None
+        if self._names_lookup is not None and "PERSON" in self.entities:
             if not self._names_lookup.exists():
                 pii_names.build_lookup(self._names_lookup)
-            analyzer.registry.add_recognizer(
-                pii_names.NameGazetteerRecognizer(
-                    pii_names.load_lookup(self._names_lookup),
-                    pii_names.english_words(getattr(nlp_engine, "nlp", {})["en"]),
-                )
-            )
+            lookup = pii_names.load_lookup(self._names_lookup)
+            analyzer.registry.add_recognizer(pii_names.NameGazetteerRecognizer(lookup, english))
+        # spaCy's own spans, trimmed and corroborated (guardrails/pii_spacy.py): Presidio's
+        # recognizer reports every capitalised `Q3` or `Legal` it tags.
+        analyzer.registry.remove_recognizer("SpacyRecognizer")
+        analyzer.registry.add_recognizer(CorroboratedSpacyRecognizer(lookup, english))
         for entity_type, pattern in custom_patterns.items():
             analyzer.registry.add_recognizer(
                 PatternRecognizer(
@@ -255,6 +287,10 @@ class PresidioPII:
             entities=list(self.entities),
             score_threshold=self.score_threshold,
         )
+        if "DATE_OF_BIRTH" in self.entities:
+            from guardrails.pii_personal import birth_dates_beside_names
+
+            results = birth_dates_beside_names(text, results)
         return _resolve_overlaps(text, results)
 
     def pseudonymise(self, text: str, vault: PseudonymVault) -> tuple[str, list[PIIFinding]]:

@@ -38,6 +38,13 @@ _EN_TYPES = (
     "|Landing|Lights?|Lodge|Manors?|Meadows?|Motorway|Mount|Mountains?|Orchard|Oval|Pass"
     "|Path|Pines?|Plains?|Prairie|Radial|Ramp|Rapids?|Rest|Route|Shoals?|Shores?|Skyway|Spur"
     "|Streams?|Throughway|Trace|Track|Tunnel|Underpass|Unions?|Viaduct|Views|Wells?"
+    # The rest of the USPS street suffixes (Publication 28), and Australian and British types.
+    "|Allee|Annex|Arcade|Bayou|Beach|Bend|Bluffs?|Bottom|Branch|Bypass|Byp|Centers|Circles"
+    "|Cliffs?|Club|Course|Courts|Coves?|Crossroads?|Curve|Drives|Fall|Garden|Greens|Groves"
+    "|Hills|Islands|Isle|Land|Loaf|Locks?|Mall|Mission|Neck|Overpass|Parks|Parkways|Passage"
+    "|Points|Ports|Ridges|River|Roads|Rue|Spurs|Squares|Stravenue|Streets|Trafficway|Trailer"
+    "|Valleys|Villages|Walks|Wall|Ways|Parade|Esplanade|Circuit|Promenade|Glade|Grange"
+    "|Approach|Dell|Thoroughfare"
 )
 _SECONDARY = (
     r"(?:,?\s(?:Suite|Ste\.?|Apt\.?|Apartment|Unit|Flat|Floor|Fl\.|Room|Rm\.?|Bldg\.?"
@@ -50,8 +57,12 @@ _EU_SUFFIXES = (
     "|vej|vænget|gade|stræde|allé|plads|torv|gata|gatan|vägen|väg|gränd|stigen|backen|torget"
     "|veien|vegen|gaten|tie|katu|polku|kuja|kaari|raitti|straat|laan|gracht|plein|kade|dreef"
     "|singel|dijk|steeg|utca|út|útja|tér|körút|köz|sor|ulice|náměstí|třída|nábřeží|ulica"
+    "|løkka|løkke|svingen|bakken|stien|haugen|åsen|tunet|plassen|grenda|kroken|skogen"
     "|aleja|cesta"
 )
+# Street types written as a word of their own that no English sentence uses ("ring", "markt"
+# and "sor" are left out): only these may follow a lower-case word.
+_EU_WORD_TYPES = "utca|út|útja|tér|körút|ulice|ulica|cesta|vej|gade|gata|gatan|straat|laan|katu"
 # Street types written before the name: Romance languages, Polish and Czech abbreviations.
 # Words that are also English ("via", "place", "route") count only capitalised: "Via Roma 10"
 # but not "via Email 24".
@@ -61,24 +72,37 @@ _PREFIX_TYPES = (
     "|carrer|ronda|travesía|pasaje|rua|travessa|alameda|praça|estrada|strada|bulevardul|calea"
     "|aleea|splaiul|str\\.|ul\\.|ulica|al\\.|aleja|pl\\.|plac|os\\.|nám\\.|náměstí|trg)"
     "|Place|Via|Route|Cours|Largo|Plaza|Ronda|Intrarea|Bulevardul|Soseaua|Calea|Strada"
+    # Brazilian and Portuguese kinds of street (logradouro), Czech `U` ("by the") and `Na`.
+    "|Quadra|Praia|Campo|Lago|Lagoa|Área|Colônia|Vila|Jardim|Parque|Rodovia|Conjunto|Setor"
+    "|Fazenda|Chácara|Sítio|Ladeira|Viela|Vereda|Núcleo|Recanto|Trecho|Residencial"
+    "|Condomínio|Esplanada|Viaduto|U|Na"
 )
 _PARTICLE = (
     r"(?:de|du|des|la|le|les|di|del|della|dei|da|do|dos|das|el|los|las|d'|l'|e|y|i|na|am|an"
     r"|der|im|bei|sur|sous|en|upon|on)"
 )
 
+_UNIT_FIRST = (
+    r"\b(?:Suite|Ste\.?|Apt\.?|Apartment|Unit|Flat|Studio|Room|Rm\.?)\s?#?[A-Za-z]?\d{1,5}[A-Za-z]?"
+)
 _STREET_EN = re.compile(
     rf"\b{_NUM},?\s(?:{_CAP}\s){{0,3}}(?:{_EN_TYPES})\b\.?(?:\s(?:N|S|E|W|NE|NW|SE|SW)\b)?"
     rf"{_SECONDARY}?"
+    # The unit written first, British and Australian style, the house number then optional.
+    rf"|{_UNIT_FIRST},?\s(?:{_NUM},?\s)?(?:{_CAP}\s){{0,3}}(?:{_EN_TYPES})\b\.?"
 )
 _STREET_EU = re.compile(
-    rf"\b(?:{_CAP}\s){{0,2}}[{_UP}][\w'’.\-]*?(?:{_EU_SUFFIXES})\.?"
-    rf"(?:\s(?:{_EU_SUFFIXES})\.?)?,?\s(?:Nr\.?\s|nr\.?\s|č\.\s?)?{_NUM}\b\.?"
+    # `Willibald-Baum-Ring`: a hyphenated compound capitalises its last part.
+    rf"\b(?:{_CAP}\s){{0,2}}[{_UP}][\w'’.\-]*?(?:{_EU_SUFFIXES}|-(?i:{_EU_SUFFIXES}))\.?"
+    # Not a year: `Spring 2025` ends in `ring` too.
+    rf"(?:\s(?:{_EU_SUFFIXES})\.?)?,?\s(?:Nr\.?\s|nr\.?\s|č\.\s?)?(?!(?:19|20)\d\d\b){_NUM}\b\.?"
+    # `Mosoni utca 215`, and `Ady endre utca 156.` written with a lower-case given name.
     rf"|\b(?:{_CAP}\s){{1,2}}(?i:{_EU_SUFFIXES})\.?\s{_NUM}\b\.?"
+    rf"|\b{_CAP}\s[{_LOW}]{{2,}}\s(?:{_EU_WORD_TYPES})\.?\s{_NUM}\b\.?"
 )
 _STREET_PREFIXED = re.compile(
-    rf"(?:\b{_NUM},?\s)?\b(?:{_PREFIX_TYPES})(?:\s(?:{_PARTICLE}|{_CAP})){{1,5}}"
-    rf"(?:,?\s(?:Nr\.?\s|nº\s?|no\.?\s|n\.\s?)?{_NUM}\b)?"
+    rf"(?:\b{_NUM},?\s)?\b(?:{_PREFIX_TYPES})(?:\s(?:{_PARTICLE}|{_CAP}(?![º°]))){{1,5}}"
+    rf"(?:,?\s(?:Nr\.?\s|[nN][º°]\s?|[nN]o\.?\s|n\.\s?)?{_NUM}\b)?"
 )
 _PO_BOX = re.compile(
     r"\b(?:P\.?\s?O\.?\s?Box|Post\s+Office\s+Box|Postbox|Postfach|Boîte\s+postale|B\.?P\.|"

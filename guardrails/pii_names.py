@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
+from spacy.lang.en.stop_words import STOP_WORDS
 
 LOOKUP_FILE = "names-lookup-v1.tsv.gz"
 # Rank within a country (1 = most common). 2,000 keeps 120k given names and 140k surnames; past
@@ -50,10 +51,11 @@ _WEAK_BEFORE = re.compile(
 )
 _WEAK_AFTER = re.compile(
     r"^(?:,\s)?\s?(?:said|says|asked|wrote|told|called|replied|mentioned|is|was|will|has|had"
-    r"|and\sI|confirmed|signed|left|moved)\b"
+    r"|and\sI|confirmed|signed|left|moved|from\s(?:the\s)?[a-z]{2,})\b"
 )
-# spaCy part-of-speech tags no name token carries.
-_NOT_NAME_POS = frozenset({"VERB", "AUX", "ADP", "DET", "PRON", "CCONJ", "SCONJ", "NUM", "INTJ"})
+# spaCy's stop words (`The`, `With`, `Will`) start or end no name. The guard runs spaCy's
+# NER without the tagger (guardrails/pii.py), so the list stands in for part-of-speech tags.
+_FUNCTION_WORDS = frozenset(STOP_WORDS)
 SCORE_FULL = 0.7
 SCORE_SINGLE = 0.6
 
@@ -124,13 +126,12 @@ class NameGazetteerRecognizer(EntityRecognizer):  # type: ignore[misc]
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: Any = None
     ) -> list[RecognizerResult]:
-        pos = _pos_by_start(nlp_artifacts)
         found = []
         for m in _CANDIDATE.finditer(text):
             words = list(re.finditer(rf"{_WORD}|(?:{_PARTICLES})(?=\s)", m.group("words")))
             offset = m.start("words")
             for i in range(len(words)):
-                span = self._name_from(text, words[i:], offset, pos)
+                span = self._name_from(text, words[i:], offset)
                 if span is None:
                     continue
                 start, end, score = span
@@ -141,17 +142,17 @@ class NameGazetteerRecognizer(EntityRecognizer):  # type: ignore[misc]
         return found
 
     def _name_from(
-        self, text: str, words: list[re.Match[str]], offset: int, pos: dict[int, str]
+        self, text: str, words: list[re.Match[str]], offset: int
     ) -> tuple[int, int, float] | None:
         first = words[0].group()
         rank = self._lookup.given.get(first)
-        if rank is None or pos.get(offset + words[0].start()) in _NOT_NAME_POS:
+        if rank is None or first.lower() in _FUNCTION_WORDS:
             return None
         start = offset + words[0].start()
         # The longest run that ends on a name-like word: `Siobhan Ní Bhriain`, `Ulf Nyberg`.
         for last_index in range(len(words) - 1, 0, -1):
             last = words[last_index].group()
-            if pos.get(offset + words[last_index].start()) in _NOT_NAME_POS:
+            if last.lower() in _FUNCTION_WORDS:
                 continue
             known = last in self._lookup.surnames
             first_english = first.lower() in self._english
@@ -169,13 +170,6 @@ class NameGazetteerRecognizer(EntityRecognizer):  # type: ignore[misc]
         ):
             return start, end, SCORE_SINGLE
         return None
-
-
-def _pos_by_start(nlp_artifacts: Any) -> dict[int, str]:
-    tokens = getattr(nlp_artifacts, "tokens", None)
-    if tokens is None:
-        return {}
-    return {token.idx: token.pos_ for token in tokens}
 
 
 def english_words(nlp: Any) -> frozenset[str]:

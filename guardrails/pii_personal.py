@@ -8,6 +8,7 @@ Presidio's own recognizer scores it 0.5 and skips the `ZZ` prefix used on test r
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -30,6 +31,14 @@ _DOB = re.compile(
     r"|fødselsdato|födelsedatum|syntymäaika|geboortedatum|date\sde\snaissance))"
     rf"[^.!?\n]{{0,25}}?\b(?P<date>{_DATE})\b"
 )
+# A full date right after a name, set off by a comma, a bracket or a dash, is how forms and
+# lists write a birth date with no label: `Ann Lee (12/03/1961)`, `Ann Lee, 1961-03-12,`,
+# `Ann Lee - 12 March 1961 -`. Only four-digit years: `Ann Lee, 12/03` is not a birth date.
+_DATE_BESIDE_NAME = re.compile(
+    r"(?:\s?[(\[]|,\s|\s[-–—]\s)"
+    rf"(?P<date>{_DATE})(?=[)\],.;:\s]|$)"
+)
+_LATEST_BIRTH_YEAR = datetime.date.today().year - 10
 _NINO = re.compile(r"\b[A-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b")
 _NINO_STRICT = re.compile(
     r"(?!BG|GB|NK|KN|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]"
@@ -69,3 +78,37 @@ class PersonalDetailsRecognizer(EntityRecognizer):  # type: ignore[misc]
                 elif _NINO_STRICT.fullmatch(m.group()):
                     found.append(RecognizerResult("UK_NINO", m.start(), m.end(), SCORE_NINO_SHAPE))
         return found
+
+
+def birth_dates_beside_names(text: str, results: list[Any]) -> list[Any]:
+    """`results` with DATE_OF_BIRTH added for each full date right after a PERSON span, and
+    the other spans trimmed off that date (spaCy runs a name on into `- 09`; a house-number
+    pattern may start at `06/1961, boulevard …`)."""
+    dates = []
+    for person in results:
+        if person.entity_type != "PERSON":
+            continue
+        m = _DATE_BESIDE_NAME.match(text, person.end)
+        year = re.search(r"\d{4}", m.group("date")) if m else None
+        # A birth year is at least ten years back: `Ann Lee, 12 May 2025` signs a letter.
+        if m and year and 1900 < int(year.group()) <= _LATEST_BIRTH_YEAR:
+            dates.append(m.span("date"))
+    if not dates:
+        return results
+    kept = []
+    for r in results:
+        for start, end in dates:
+            if r.start < end and start < r.end and r.entity_type != "DATE_OF_BIRTH":
+                if r.start >= start:
+                    r.start = end + len(text[end : r.end]) - len(text[end : r.end].lstrip(" ,;-"))
+                else:
+                    r.end = len(text[:start].rstrip(" ,;-([–—"))
+        if r.end - r.start > 1:
+            kept.append(r)
+    covered = {(r.start, r.end) for r in kept if r.entity_type == "DATE_OF_BIRTH"}
+    kept += [
+        RecognizerResult("DATE_OF_BIRTH", start, end, SCORE)
+        for start, end in dates
+        if (start, end) not in covered
+    ]
+    return kept

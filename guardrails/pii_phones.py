@@ -88,6 +88,16 @@ def _parses(number: str) -> tuple[bool, bool]:
     return False, possible
 
 
+def _country_code_known(number: str) -> bool:
+    if not number.startswith(("+", "(+")):
+        return False
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.region_code_for_country_code(parsed.country_code or 0) != "ZZ"
+
+
 def phone_score(number: str, before: str) -> float:
     digits = _digits(number)
     if not 7 <= digits <= 15 or _NOT_A_PHONE.fullmatch(number.replace("(", "").replace(")", "")):
@@ -106,6 +116,11 @@ def phone_score(number: str, before: str) -> float:
     if valid and (context or (trunk and digits >= 9)):
         return SCORE_POSSIBLE
     if possible and digits >= 8 and (plus or context):
+        return SCORE_POSSIBLE
+    if plus and grouped and digits >= 9 and _country_code_known(number):
+        # `+54 9 3640 8192`: a known country code and digit groups after it is written as a
+        # phone number even when the plan says the length is wrong (mistyped, or a mobile
+        # prefix the metadata does not expect).
         return SCORE_POSSIBLE
     if possible and grouped and digits >= 9:
         # Randomly drawn numbers (examples, test data) fail validity in every region; a

@@ -141,6 +141,7 @@ def test_no_part_of_a_protected_value_passes_the_guard(
         "Version 3.8.18 of the parser fixed bug 44721 reported by Support.",
         "Place an order via Email 24 hours ahead of the Annual Summit.",
         "The match ended 15-12 17-14 and the report is due 2025-01-15.",
+        "We launch in Spring 2025 as planned.",
     ],
 )
 def test_texts_without_personal_data_pass_untouched(pii: PresidioPII, text: str) -> None:
