@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install models demo chat serve test lint format eval bench bench-ingest bench-guards bench-serving bench-state validate-deploy
+.PHONY: install models demo chat serve test lint format eval bench bench-ingest bench-scale bench-guards bench-serving bench-state validate-deploy
 
 install: $(STAMP)
 
@@ -64,6 +64,13 @@ $(LLAMAINDEX_DIR)/.installed: evals/bench-llamaindex.txt | $(STAMP)
 
 bench-ingest: install $(LLAMAINDEX_DIR)/.installed
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMAINDEX_DIR) $(BIN)/python -m evals.bench_ingest
+
+# The embedded store at 10k, 100k and 1M points (real chunk vectors and mixes of them, not
+# re-embedded) and ingest's peak RSS at those sizes: too long for `make bench` (over an hour
+# on 2 cores). `make bench-scale SCALE_ARGS="--sizes 10000"` for a short run.
+SCALE_ARGS ?=
+bench-scale: models
+	HF_HUB_OFFLINE=1 nice -n 5 $(BIN)/python -m evals.bench_scale $(SCALE_ARGS)
 
 # Guard latency: per-guard p50/p95 and the guards' share of whole requests against generation.
 bench-guards: models

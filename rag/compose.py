@@ -211,7 +211,7 @@ def build_store(settings: Settings) -> Store:
     if cfg.kind == "edge":
         path = settings.store_path.resolve()
         if path not in _EDGE_STORES:
-            _EDGE_STORES[path] = EdgeStore(path)
+            _EDGE_STORES[path] = EdgeStore(path, cfg)
         return _EDGE_STORES[path]
     return ServerStore(cfg.collection, url=cfg.url, api_key=cfg.api_key, timeout_s=cfg.timeout_s)
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.schema import Chunk, Hit
+from rag.settings import StoreSettings
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -163,10 +164,12 @@ class _Bm25:
 
 # Reciprocal-rank fusion's constant (Cormack et al.); Qdrant's default too.
 RRF_K = 60
-# HNSW candidates per search once the index is built. At 100k chunks (make bench-ingest) the
-# default gave recall@10 0.85 against exact search, 256 gave 0.89 for 0.46 ms p95; the misses
-# are near-ties (every result within 0.01 cosine of the exact 10th).
-HNSW_EF = 256
+# Points below which a segment is searched by brute force rather than its HNSW graph, in KB of
+# vectors (Qdrant's default; about 6,500 chunks of 384 dims).
+FULL_SCAN_THRESHOLD_KB = 10_000
+# The int8 quantile: the extreme 1 % of values are clipped, so one outlier does not waste the
+# 256 levels (Qdrant's recommended setting).
+INT8_QUANTILE = 0.99
 
 
 def _edge_owner_filter(owners: Sequence[str]) -> Any:
@@ -193,8 +196,10 @@ def _edge_file_filter(path: str, owner: str, keep_file_hash: str | None) -> Any:
 class EdgeStore:
     """Embedded store: one Qdrant Edge shard under the data directory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, settings: StoreSettings | None = None) -> None:
         self.path = path
+        # The index and quantization a new shard is created with, and how searches use them.
+        self.settings = settings or StoreSettings()
         self._meta_path = path / "guardrag-collection.json"
         self._shard: Any = None
         self._bm25 = _Bm25()
@@ -217,14 +222,53 @@ class EdgeStore:
             # A shard without the metadata file is a creation interrupted before any chunk was
             # written (the file is written right after the shard is created): start it again.
             shutil.rmtree(shard_dir)
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=info.dimension, distance=qe.Distance.Cosine)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-        )
-        self._shard = qe.EdgeShard.create(str(shard_dir), config)
+        self._shard = qe.EdgeShard.create(str(shard_dir), self._config(info))
         self._index_payload_fields()
         # Written last: a shard without this file is an interrupted creation, refused below.
         self._meta_path.write_text(json.dumps(asdict(info)))
+
+    def _config(self, info: CollectionInfo) -> Any:
+        import qdrant_edge as qe
+
+        tuning = self.settings
+        dense = qe.EdgeVectorParams(
+            size=info.dimension,
+            distance=qe.Distance.Cosine,
+            # Cold: memory-mapped, paged in as searches touch it; Cached: read into RAM.
+            memory=qe.Memory.Cold if tuning.vectors_on_disk else qe.Memory.Cached,
+        )
+        quantization = (
+            qe.ScalarQuantizationConfig(
+                qe.ScalarType.Int8, quantile=INT8_QUANTILE, memory=qe.Memory.Pinned
+            )
+            if tuning.quantization == "int8"
+            else None
+        )
+        return qe.EdgeConfig(
+            vectors={DENSE: dense},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=tuning.hnsw_m,
+                ef_construct=tuning.hnsw_ef_construct,
+                full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+            ),
+            quantization_config=quantization,
+        )
+
+    def _search_params(self, limit: int, exact: bool) -> Any:
+        import qdrant_edge as qe
+
+        tuning = self.settings
+        if exact:
+            # Every point against the float32 vectors: the ground truth the index is measured by.
+            ignore = qe.QuantizationSearchParams(ignore=True)
+            return qe.SearchParams(exact=True, quantization=ignore)
+        quantization = (
+            qe.QuantizationSearchParams(rescore=True, oversampling=tuning.quantization_oversampling)
+            if tuning.quantization == "int8"
+            else None
+        )
+        return qe.SearchParams(hnsw_ef=max(tuning.hnsw_ef, limit), quantization=quantization)
 
     def _index_payload_fields(self) -> None:
         # Without these, deleting a file's chunks and an owner-scoped search read every
@@ -324,13 +368,16 @@ class EdgeStore:
         limit: int,
         text: str | None = None,
         owners: Sequence[str] | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
+        """As `Store.search`; `exact` skips the index and quantization and compares every
+        point (the benchmarks' ground truth)."""
         import qdrant_edge as qe
 
         shard = self._require()
         scope = _edge_owner_filter(owners) if owners is not None else None
         dense = qe.Query.Nearest(vector.tolist(), using=DENSE)
-        params = qe.SearchParams(hnsw_ef=max(HNSW_EF, limit))
+        params = self._search_params(limit, exact)
         if text is None:
             request = qe.QueryRequest(
                 limit=limit, query=dense, filter=scope, params=params, with_payload=True

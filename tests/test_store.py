@@ -63,12 +63,8 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
     probes = [embedder.embed_query(q) for q in questions]
 
     def exact_ids(probe: np.ndarray) -> set[str]:
-        request = qe.QueryRequest(
-            limit=10,
-            query=qe.Query.Nearest(probe.tolist(), using=DENSE),
-            params=qe.SearchParams(exact=True),
-        )
-        return {str(p.id) for p in store._require().query(request)}
+        # Every point on its float32 vector: past the index and the int8 copy alike.
+        return {h.chunk.id for h in store.search(probe, 10, exact=True)}
 
     # The count covers the BM25 vectors (always indexed) and, once built, the dense HNSW.
     assert store._require().info().indexed_vectors_count == POINTS
