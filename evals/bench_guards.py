@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.bench import BenchRow
+from evals.scoring import percentile
 from guardrails.pii import PseudonymVault
 from guardrails.registry import PolicedGuard
 from guardrails.verdict import GuardContext
@@ -40,11 +41,6 @@ QUESTIONS = [
     "I am Ada Lovelace (ada.lovelace@example.com). How many days of annual leave do I get?",
     "How long is the warranty on a lantern?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def timed_ms(check: Callable[[str], object], texts: list[str]) -> list[float]:
@@ -139,10 +135,10 @@ def rows(timings: GuardTimings) -> list[BenchRow]:
         return [r.get(name, 0.0) for r in timings.requests]
 
     guards, generate, total = stage("input_guards"), stage("generate"), stage("total")
-    gen_p50 = percentile(generate, 0.5)
+    gen_p50 = percentile(generate, 50)
 
     def row(measure: str, values: list[float]) -> BenchRow:
-        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+        p50, p95 = percentile(values, 50), percentile(values, 95)
         return BenchRow(
             f"{measure} p50 / p95 vs generation p50",
             f"{p50:.1f} / {p95:.1f} ms",

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from evals.bench import BenchRow
 from evals.local_engines import new_database, postgres_server, redis_server
+from evals.scoring import percentile
 from guardrails.verdict import Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, RedisAnswerCache
 from rag.schema import Citation, Route
@@ -53,17 +54,12 @@ def timings_ms(call: Callable[[int], object], repeats: int) -> list[float]:
     return measured
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def row(measure: str, shared: list[float], local: list[float]) -> BenchRow:
     def shown(values: list[float]) -> str:
-        return f"{percentile(values, 0.5):.3f} / {percentile(values, 0.95):.3f} ms"
+        return f"{percentile(values, 50):.3f} / {percentile(values, 95):.3f} ms"
 
     ratio = statistics.median(shared) / statistics.median(local)
-    p95 = percentile(shared, 0.95) / percentile(local, 0.95)
+    p95 = percentile(shared, 95) / percentile(local, 95)
     return BenchRow(measure, shown(shared), shown(local), f"p50 {ratio:.2f}x, p95 {p95:.2f}x")
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,18 @@ def pytest_runtest_makereport(
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI={os.environ['CI']}), which must run it: {reason}"
+
+
+def example_chunk_texts(tokenizer: Any) -> list[str]:
+    """The shipped examples' Markdown cut as ingest cuts it (200 tokens, 30 overlapping)."""
+    from ingest.chunking import chunk_document
+    from ingest.readers import read_document
+
+    return [
+        piece.text
+        for file in sorted(EXAMPLES.rglob("*.md"))
+        for piece in chunk_document(read_document(file).text, tokenizer, 200, 30, markdown=True)
+    ]
 
 
 def eval_rows(name: str) -> list[dict[str, object]]:

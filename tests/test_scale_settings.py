@@ -12,13 +12,11 @@ from typing import Any
 import pytest
 
 from evals.bench_scale import mixed_vectors
-from ingest.chunking import chunk_document
-from ingest.readers import read_document
 from rag.compose import build_embedder
 from rag.schema import Chunk
 from rag.settings import Settings, StoreSettings
 from rag.store import CollectionInfo, EdgeStore, point_id
-from tests.conftest import EXAMPLES
+from tests.conftest import example_chunk_texts
 
 # Past Qdrant's indexing threshold (10 MB of vectors, about 6,500 of 384 dims): optimize()
 # builds the HNSW graph and the int8 copy rather than leaving the segment brute force.
@@ -76,12 +74,7 @@ def test_a_tuned_index_is_built_with_its_settings_and_finds_the_exact_neighbours
     provisioned: Settings, tmp_path: Path
 ) -> None:
     embedder = build_embedder(provisioned)
-    documents = [read_document(file) for file in sorted(EXAMPLES.rglob("*.md"))]
-    texts = [
-        piece.text
-        for document in documents
-        for piece in chunk_document(document.text, embedder.tokenizer, 200, 30, markdown=True)
-    ]
+    texts = example_chunk_texts(embedder.tokenizer)
     real = embedder.embed_documents(texts)
     store = EdgeStore(tmp_path / "edge", TUNED)
     store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))

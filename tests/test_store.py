@@ -12,13 +12,11 @@ import pytest
 import qdrant_edge as qe
 
 from evals.bench_ingest import replicate_vectors
-from ingest.chunking import chunk_document
-from ingest.readers import read_document
 from rag.compose import build_embedder
 from rag.schema import Chunk, Hit
 from rag.settings import Settings
 from rag.store import DENSE, INDEXED_FIELDS, SHARED, CollectionInfo, EdgeStore, point_id
-from tests.conftest import EXAMPLES
+from tests.conftest import example_chunk_texts
 
 # Past Qdrant's indexing threshold (10 MB of vectors, about 6,500 of 384 dims), where
 # optimize() builds HNSW rather than leaving the segment brute force.
@@ -30,12 +28,7 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
     provisioned: Settings, tmp_path: Path
 ) -> None:
     embedder = build_embedder(provisioned)
-    documents = [read_document(file) for file in sorted(EXAMPLES.rglob("*.md"))]
-    texts = [
-        piece.text
-        for document in documents
-        for piece in chunk_document(document.text, embedder.tokenizer, 200, 30, markdown=True)
-    ]
+    texts = example_chunk_texts(embedder.tokenizer)
     vectors = replicate_vectors(embedder.embed_documents(texts), POINTS)
     store = EdgeStore(tmp_path / "edge")
     store.ensure_collection(CollectionInfo(embedder.name, embedder.dimension))
