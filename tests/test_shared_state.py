@@ -4,10 +4,12 @@ loopback. Without them installed the tests skip and say how to install them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -326,8 +328,19 @@ def _start_pod(env: dict[str, str], log: Path) -> Pod:
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        # A group of its own: the pod's vLLM engine processes die with it, as a pod's
+        # container takes every process with it.
+        start_new_session=True,
     )
     return Pod(f"http://127.0.0.1:{port}", process, log)
+
+
+def _kill_pod(pod: Pod) -> None:
+    """SIGKILL to the pod's whole process group: no shutdown hook runs anywhere in it (the
+    serve process alone would leave its vLLM engine and worker running, orphaned)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pod.process.pid, signal.SIGKILL)
+    pod.process.wait()
 
 
 def _wait_until_serving(pod: Pod) -> None:
@@ -345,11 +358,10 @@ def _wait_until_serving(pod: Pod) -> None:
 def _stop(pod: Pod) -> None:
     if pod.process.poll() is None:
         pod.process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             pod.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pod.process.kill()
-            pod.process.wait()
+    # Whatever of its group is left (its engine, after a kill of the serve process alone).
+    _kill_pod(pod)
 
 
 @pytest.fixture(scope="module")
@@ -463,7 +475,7 @@ def test_killing_one_pod_loses_nothing_it_wrote(two_pods: TwoPods) -> None:
     carol = two_pods.first.as_user("carol")
     assert carol.call("take_question", ["Written just before the kill?"]).success
     assert carol.call("stream_answer", _page_inputs(carol, "stream_answer")).success
-    two_pods.first.process.kill()  # SIGKILL: no shutdown hook runs
+    _kill_pod(two_pods.first)  # SIGKILL: no shutdown hook runs
     two_pods.first.process.wait(timeout=30)
 
     assert "Written just before the kill?" in _conversation_titles(two_pods.second.as_user("carol"))
