@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -356,9 +356,7 @@ def dev_metrics_into_card(settings: Any, folder: Path, data: Path) -> dict[str, 
     }
     weights = HeadWeights.load(folder)
     card = {**weights.card, "dev": {"set": str(data), "tpr_by_kind_fpr_by_benign_kind": dev}}
-    updated = HeadWeights(
-        weights.embedder, weights.coef, weights.intercept, weights.thresholds, card
-    )
+    updated = replace(weights, card=card)
     updated.save(folder)
     write_card(folder, updated)
     return dev

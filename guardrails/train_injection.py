@@ -133,6 +133,17 @@ def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
     return float(np.nextafter(ordered[allowed], 1.0)) if allowed < len(ordered) else 0.0
 
 
+def stored_threshold(benign_scores: np.ndarray, threshold: float) -> float:
+    """`threshold` rounded up to the 4 decimals stored, never down onto a held-out benign
+    score it excluded: scores are rounded to 4 decimals too, and `ceil(0.971 * 10_000)` is
+    9710 in floating point, which once admitted a benign score of exactly 0.971."""
+    stored = math.ceil(threshold * 10_000) / 10_000
+    excluded = benign_scores[benign_scores < threshold]
+    while excluded.size and stored <= float(excluded.max()):
+        stored = round(stored + 0.0001, 4)
+    return stored
+
+
 def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWeights:
     rules = InjectionRules()
     featurizer = Featurizer(tuple(sorted({rule.category for rule in rules.rules})))
@@ -145,7 +156,9 @@ def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWei
     held_out_views = [views_of(e.text) for e in test_set]
     scores = np.array([scorer.score(views, rules.score(views)) for views in held_out_views])
     is_attack = np.array([e.attack for e in test_set])
-    threshold = threshold_at_fpr(scores[~is_attack], TARGET_FPR)
+    threshold = stored_threshold(
+        scores[~is_attack], threshold_at_fpr(scores[~is_attack], TARGET_FPR)
+    )
     by_family: dict[str, list[bool]] = defaultdict(list)
     for example, value in zip(test_set, scores, strict=True):
         by_family[("attack:" if example.attack else "benign:") + example.family].append(
@@ -156,8 +169,7 @@ def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWei
         "train_texts": len(train_set),
         "held_out_texts": len(test_set),
         "target_fpr": TARGET_FPR,
-        # Rounded up, so the stored threshold never admits a held-out benign text it excluded.
-        "threshold": math.ceil(threshold * 10_000) / 10_000,
+        "threshold": threshold,
         "held_out_auc": round(float(roc_auc_score(is_attack, scores)), 4),
         "held_out_tpr": round(float((scores[is_attack] >= threshold).mean()), 4),
         "held_out_fpr": round(float((scores[~is_attack] >= threshold).mean()), 4),

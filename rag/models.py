@@ -195,11 +195,7 @@ def pull(settings: Settings, report: Callable[[str], None] = print) -> list[Mode
             report(f"deriving the PII name lookup from names-dataset into {lookup} …")
             build_lookup(lookup)
     embedder_here = resolve_model(settings.embedder.model, settings.models_dir) is not None
-    if (
-        settings.guards.injection.head
-        and embedder_here
-        and not injection_head_path(settings).exists()
-    ):
+    if settings.guards.injection.head and embedder_here and not injection_head_current(settings):
         try:
             train_injection_head(settings, report)
         except ModelMissing as exc:
@@ -213,6 +209,22 @@ def injection_head_path(settings: Settings) -> Path:
     from guardrails.injection.head import WEIGHTS_FILE, head_folder
 
     return head_folder(settings.models_dir, settings.embedder.model) / WEIGHTS_FILE
+
+
+def injection_head_current(settings: Settings) -> bool:
+    """Whether the profile's embedder has a head trained by today's recipe: one an older
+    release trained still loads and runs, and the next pull replaces it (the vector cache
+    makes that the fitting alone, under a minute)."""
+    from guardrails.injection.head import RECIPE, HeadWeights
+
+    path = injection_head_path(settings)
+    if not path.exists():
+        return False
+    try:
+        return HeadWeights.load(path.parent).recipe >= RECIPE
+    except (OSError, ValueError, KeyError):
+        # Unreadable: train it again rather than fail the pull.
+        return False
 
 
 def train_injection_head(

@@ -269,10 +269,11 @@ class InjectionSettings(_Section):
     # Each layer has its own threshold (scores are 0..1); the detector fuses them into one
     # score per verdict (guardrails/injection/detector.py).
     rules_threshold: float = 0.5
-    # Logistic regression on the embedder's sentence vectors, trained per embedder by
-    # `guardrag models train injection` (run by `guardrag models pull`) into the models
-    # folder. Thresholds per use (questions, earlier turns, chunks at ingest) come from its
-    # training run, calibrated on held-out benign text; a value here overrides one.
+    # Small networks on the embedder's sentence vectors (guardrails/injection/head.py),
+    # trained per embedder by `guardrag models train injection` (run by `guardrag models
+    # pull`) into the models folder. Thresholds per use (questions, earlier turns, chunks at
+    # ingest) come from its training run, calibrated on held-out benign text; a value here
+    # overrides one.
     head: bool = True
     head_question_threshold: float | None = None
     head_turn_threshold: float | None = None

@@ -14,7 +14,7 @@ from guardrails.injection import InjectionDetector, InjectionRules, LayerThresho
 from guardrails.injection_classifier import InjectionClassifier
 from guardrails.injection_exemplars import load_bank, windows
 from guardrails.injection_learned import LearnedInjectionScorer, LearnedWeights, pieces_of
-from guardrails.train_injection import banks_digest, split_banks, train
+from guardrails.train_injection import banks_digest, split_banks, stored_threshold, train
 from rag.compose import build_injection
 from rag.settings import Settings
 from tests.tiny_models import tiny_bert_classifier
@@ -113,6 +113,16 @@ def test_a_layer_that_fails_makes_the_verdict_unavailable_not_allow() -> None:
 
 
 # ---------------------------------------------------------------- the learned layer
+
+
+def test_the_stored_threshold_never_admits_a_benign_score_it_excluded() -> None:
+    # Scores are rounded to 4 decimals, and 0.971 * 10_000 is 9709.999… in floating point: a
+    # threshold just above 0.971 once rounded up to 0.971 itself and admitted that score.
+    benign = np.array([0.5, 0.971])
+    threshold = float(np.nextafter(0.971, 1.0))
+    stored = stored_threshold(benign, threshold)
+    assert stored > 0.971 and stored == round(stored, 4)
+    assert 0.9712 <= stored_threshold(np.array([0.5, 0.9712]), 0.9712) <= 0.9713
 
 
 @pytest.fixture(scope="module")

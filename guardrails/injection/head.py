@@ -1,9 +1,9 @@
-"""The trained head: logistic regression over the frozen embedder's sentence vectors, trained
+"""The trained head: small networks over the frozen embedder's sentence vectors, trained
 per embedder by `guardrag models train injection` (guardrails/injection/train_head.py).
 
-A question is embedded for retrieval anyway and a chunk at ingest too, so the head costs a dot
-product on a vector the request already has; only long texts add a few window vectors, so a
-planted sentence is not averaged away by the text around it.
+A question is embedded for retrieval anyway and a chunk at ingest too, so the head costs a few
+small matrix products on a vector the request already has; only other views of a text (decoded
+spans, folded look-alikes) are embedded again.
 """
 
 from __future__ import annotations
@@ -39,26 +39,43 @@ def head_folder(models_dir: Path, embedder_name: str) -> Path:
     return models_dir / f"guardrag--injection-head--{slug}"
 
 
+# A dense layer: weights (inputs × outputs) and bias (outputs).
+Layer = tuple[np.ndarray, np.ndarray]
+# Bumped when training changes what a head is: `guardrag models pull` retrains a head saved
+# by an older recipe. 1: logistic regression; 2: bagged one-hidden-layer networks.
+RECIPE = 2
+
+
 @dataclass(frozen=True)
 class HeadWeights:
     embedder: str
-    coef: np.ndarray
-    intercept: float
+    # The bagged networks: each member a stack of dense layers (ReLU between, a sigmoid on the
+    # last), the head's probability the members' mean. A member of one layer is logistic
+    # regression, which is what heads of recipe 1 are.
+    members: tuple[tuple[Layer, ...], ...]
     # Attack-probability thresholds per use, calibrated on held-out benign texts only.
     thresholds: dict[str, float]
     # What the training run used and measured (data sources, rows, licences, time, metrics).
     card: dict[str, object] = field(default_factory=dict)
+    recipe: int = RECIPE
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            folder / WEIGHTS_FILE,
-            coef=self.coef.astype(np.float32),
-            intercept=np.float32(self.intercept),
-            meta=json.dumps(
-                {"embedder": self.embedder, "thresholds": self.thresholds, "card": self.card}
-            ),
-        )
+        arrays = {
+            f"m{m}_{kind}{j}": array.astype(np.float32)
+            for m, member in enumerate(self.members)
+            for j, layer in enumerate(member)
+            for kind, array in zip(("w", "b"), layer, strict=True)
+        }
+        meta = {
+            "embedder": self.embedder,
+            "thresholds": self.thresholds,
+            "card": self.card,
+            "recipe": self.recipe,
+            "shape": [len(member) for member in self.members],
+        }
+        arrays["meta"] = np.asarray(json.dumps(meta))
+        np.savez(folder / WEIGHTS_FILE, allow_pickle=False, **arrays)
 
     @classmethod
     def load(cls, folder: Path) -> HeadWeights:
@@ -70,13 +87,41 @@ class HeadWeights:
             )
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
+            if "coef" in data:
+                # Recipe 1 (logistic regression): one member of one layer.
+                coef = np.asarray(data["coef"], dtype=np.float32)[:, None]
+                intercept = np.asarray([data["intercept"]], dtype=np.float32)
+                members: tuple[tuple[Layer, ...], ...] = (((coef, intercept),),)
+            else:
+                members = tuple(
+                    tuple(
+                        (
+                            np.asarray(data[f"m{m}_w{j}"], dtype=np.float32),
+                            np.asarray(data[f"m{m}_b{j}"], dtype=np.float32),
+                        )
+                        for j in range(depth)
+                    )
+                    for m, depth in enumerate(meta["shape"])
+                )
             return cls(
                 meta["embedder"],
-                np.asarray(data["coef"], dtype=np.float32),
-                float(data["intercept"]),
+                members,
                 {k: float(v) for k, v in meta["thresholds"].items()},
                 meta.get("card", {}),
+                int(meta.get("recipe", 1)),
             )
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Each row's attack probability: the members' mean."""
+        total = np.zeros(len(vectors), dtype=np.float64)
+        for member in self.members:
+            hidden = np.asarray(vectors, dtype=np.float32)
+            for j, (weights, bias) in enumerate(member):
+                hidden = hidden @ weights + bias
+                if j < len(member) - 1:
+                    hidden = np.maximum(hidden, 0.0)
+            total += 1.0 / (1.0 + np.exp(-hidden[:, 0].astype(np.float64)))
+        return total / len(self.members)
 
 
 def long_text_pieces(text: str, max_windows: int = MAX_WINDOWS) -> list[str]:
@@ -105,8 +150,6 @@ class EmbeddingHead:
     ) -> None:
         self.weights = weights
         self.max_windows = max_windows
-        self._coef = weights.coef.astype(np.float32)
-        self._intercept = weights.intercept
         # The question's vector comes from the embedder's query path, which retrieval calls
         # with the same text and which keeps its last vectors: the head reuses it.
         self._embed_query = embed_query
@@ -116,8 +159,7 @@ class EmbeddingHead:
         return self.weights.thresholds.get(use, self.weights.thresholds["question"])
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        logits = np.asarray(vectors, dtype=np.float32) @ self._coef + self._intercept
-        return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+        return self.weights.probabilities(vectors)
 
     def score_vector(self, vector: np.ndarray) -> float:
         return round(float(self.probabilities(vector[None, :])[0]), 4)

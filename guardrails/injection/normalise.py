@@ -22,6 +22,11 @@ _HOMOGLYPHS = str.maketrans(
 )
 _BASE64_SPAN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX_SPAN = re.compile(r"\b(?:[0-9a-fA-F]{2}[\s:]?){12,}\b")
+# Decoded text counts as text when at least this share of it is letters and spaces (prose and
+# JSON-wrapped instructions are 0.75-0.9; printable noise from random bytes about 0.55) and it
+# holds a run of three letters.
+WORDLIKE_SHARE = 0.7
+_LETTER_RUN = re.compile(r"[^\W\d_]{3}")
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][\s.\-_*]){4,}[A-Za-z]\b")
 
 
@@ -34,6 +39,18 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", folded)
 
 
+def reads_as_text(decoded: str) -> bool:
+    """Whether decoded bytes read as words rather than noise. Any long word is valid base64
+    ("Immunodeficiency" decodes to `"i^~'"zw2`): such noise is no hidden text, and each view
+    costs the trained head an embedding and can catch its eye (it flagged a paragraph on the
+    immune system). Words are mostly letters and spaces; random bytes that decode to printable
+    text are about half letters."""
+    if not decoded or not all(c.isprintable() or c in "\n\t" for c in decoded):
+        return False
+    wordlike = sum(c.isalpha() or c.isspace() for c in decoded) / len(decoded)
+    return wordlike >= WORDLIKE_SHARE and _LETTER_RUN.search(decoded) is not None
+
+
 def decoded_spans(text: str) -> list[str]:
     """Printable text hidden in base64, hex or rot13, decoded so the rules can read it."""
     found: list[str] = []
@@ -44,14 +61,14 @@ def decoded_spans(text: str) -> list[str]:
         except (binascii.Error, ValueError):
             continue
         decoded = raw.decode("utf-8", errors="ignore")
-        if len(decoded) >= 8 and sum(c.isprintable() for c in decoded) / len(decoded) > 0.9:
+        if len(decoded) >= 8 and reads_as_text(decoded):
             found.append(decoded)
     for match in _HEX_SPAN.finditer(text):
         try:
             decoded = bytes.fromhex(re.sub(r"[\s:]", "", match.group(0))).decode("utf-8")
         except ValueError:
             continue
-        if decoded.isprintable():
+        if decoded.isprintable() and reads_as_text(decoded):
             found.append(decoded)
     if re.search(r"\brot-?13\b", text, re.IGNORECASE):
         found.append(codecs.decode(text, "rot13"))

