@@ -198,6 +198,10 @@ class SentenceEmbedder:
             with self._embedding_now_lock:
                 del self._embedding_now[text]
 
+    def forget_queries(self) -> None:
+        """Drops the kept question vectors (benchmarks: the next question is embedded)."""
+        self._embed_query_cached.cache_clear()
+
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one embedder per process, never freed
     def _embed_query_cached(self, text: str) -> np.ndarray:
         # bge-style models want the instruction on queries only, never on passages.
