@@ -171,6 +171,15 @@ def _head_layer(settings: Settings) -> tuple[EmbeddingHead | None, str]:
             "(layer off): run `guardrag models pull`"
         )
     embedder = build_embedder(settings)
+    if weights.embedder != settings.embedder.model or weights.input_dimension != embedder.dimension:
+        # A folder copied from elsewhere, or the embedder's files replaced: scoring would fail
+        # on every question (a shape error, so every verdict unavailable); off, and said.
+        return None, (
+            f"injection head in {folder.name} was trained for {weights.embedder} "
+            f"({weights.input_dimension} dimensions), not "
+            f"{_shown_model_name(settings.embedder.model)} ({embedder.dimension}): layer off; "
+            "run `guardrag models train injection`"
+        )
     return EmbeddingHead(weights, embedder.embed_query, embedder.embed_documents), ""
 
 

@@ -58,6 +58,23 @@ def tiny_bert_classifier(
     return target
 
 
+def tiny_sentence_embedder(target: Path, seed: int = 0) -> Path:
+    """A 1-layer BERT saved as a sentence-transformers model the way bge-small is: [CLS]
+    pooling, then normalised, 32 dimensions. The words of WORDS are in its vocabulary, so the
+    same sentence always embeds alike and different ones differ."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer, models
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # A wide initialisation: BERT's own 0.02 embeds every sentence alike (cosine 0.99999).
+        encoder = tiny_bert_classifier(Path(scratch), labels=None, seed=seed, initializer_range=0.5)
+        transformer = models.Transformer(str(encoder), max_seq_length=64)
+        pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+        SentenceTransformer(modules=[transformer, pooling, models.Normalize()]).save(str(target))
+    return target
+
+
 _SENTENCES = [
     "safe unsafe S1 S2 S10 violent crimes hate speech",
     "The lantern battery lasts thirty six hours on the low setting.",

@@ -111,6 +111,11 @@ class HeadWeights:
                 int(meta.get("recipe", 1)),
             )
 
+    @property
+    def input_dimension(self) -> int:
+        """The size of the sentence vectors the head was trained on."""
+        return int(self.members[0][0][0].shape[0])
+
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Each row's attack probability: the members' mean."""
         total = np.zeros(len(vectors), dtype=np.float64)
