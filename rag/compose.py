@@ -222,7 +222,9 @@ def build_store(settings: Settings) -> Store:
         if path not in _EDGE_STORES:
             _EDGE_STORES[path] = EdgeStore(path, cfg)
         return _EDGE_STORES[path]
-    return ServerStore(cfg.collection, url=cfg.url, api_key=cfg.api_key, timeout_s=cfg.timeout_s)
+    return ServerStore(
+        cfg.collection, url=cfg.url, api_key=cfg.api_key, timeout_s=cfg.timeout_s, settings=cfg
+    )
 
 
 def open_store_for_embedder(settings: Settings, embedder: SentenceEmbedder) -> Store:

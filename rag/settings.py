@@ -72,8 +72,9 @@ class StoreSettings(_Section):
     api_key: str | None = None
     collection: str = "guardrag"
     timeout_s: float = 10.0
-    # The embedded store's index (kind: edge), chosen by `make bench-scale` (evals/
-    # bench_scale.py: real chunk vectors and mixes of them, 200 real questions, 2 cores):
+    # The store's index, for both kinds (a server's collection gets them when guardrag
+    # creates it), chosen by `make bench-scale` (evals/bench_scale.py: real chunk vectors
+    # and mixes of them, 200 real questions, 2 cores):
     # recall@10 against exact search at 100k / 1M points, dense p95 beside exact p95.
     # HNSW links per point and candidates while building. Qdrant's 16 / 100 gave recall@10
     # 0.915 at 100k (misses are near-ties of mixed vectors); 32 / 200 gave 0.973-0.975, and

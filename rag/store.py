@@ -434,11 +434,15 @@ class ServerStore:
         api_key: str | None = None,
         path: Path | None = None,
         timeout_s: float = 10.0,
+        settings: StoreSettings | None = None,
     ) -> None:
         from qdrant_client import QdrantClient
 
         self.collection = collection
         self.where = url or str(path)
+        # The same index, quantization and search settings as the embedded store: applied to
+        # a collection this store creates (an existing one keeps its own) and to searches.
+        self.settings = settings or StoreSettings()
         if url is not None:
             self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
         elif path is not None:
@@ -469,15 +473,47 @@ class ServerStore:
             self._client.create_collection,
             self.collection,
             vectors_config={
-                DENSE: models.VectorParams(size=info.dimension, distance=models.Distance.COSINE)
+                DENSE: models.VectorParams(
+                    size=info.dimension,
+                    distance=models.Distance.COSINE,
+                    on_disk=self.settings.vectors_on_disk,
+                )
             },
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            hnsw_config=models.HnswConfigDiff(
+                m=self.settings.hnsw_m, ef_construct=self.settings.hnsw_ef_construct
+            ),
+            quantization_config=self._quantization_config(),
             metadata=asdict(info),
         )
         for field in INDEXED_FIELDS:
             self._client.create_payload_index(
                 self.collection, field, models.PayloadSchemaType.KEYWORD
             )
+
+    def _quantization_config(self) -> Any:
+        from qdrant_client import models
+
+        if self.settings.quantization != "int8":
+            return None
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=True
+            )
+        )
+
+    def _search_params(self, limit: int) -> Any:
+        from qdrant_client import models
+
+        tuning = self.settings
+        quantization = (
+            models.QuantizationSearchParams(
+                rescore=True, oversampling=tuning.quantization_oversampling
+            )
+            if tuning.quantization == "int8"
+            else None
+        )
+        return models.SearchParams(hnsw_ef=max(tuning.hnsw_ef, limit), quantization=quantization)
 
     def _info(self) -> CollectionInfo | None:
         described = self._client.get_collection(self.collection)
@@ -572,13 +608,20 @@ class ServerStore:
         from qdrant_client import models
 
         scope = _server_owner_filter(owners) if owners is not None else None
+        params = self._search_params(limit)
         if text is None:
-            query: dict[str, Any] = {"query": vector.tolist(), "using": DENSE}
+            query: dict[str, Any] = {
+                "query": vector.tolist(),
+                "using": DENSE,
+                "search_params": params,
+            }
         else:
             indices, values = self._bm25.query(text)
             query = {
                 "prefetch": [
-                    models.Prefetch(query=vector.tolist(), using=DENSE, limit=limit, filter=scope),
+                    models.Prefetch(
+                        query=vector.tolist(), using=DENSE, limit=limit, filter=scope, params=params
+                    ),
                     models.Prefetch(
                         query=models.SparseVector(indices=indices, values=values),
                         using=SPARSE,

@@ -4,10 +4,12 @@ store built with them still finds the right neighbours. Real Qdrant Edge, real e
 
 from __future__ import annotations
 
+import http.server
 import json
 import statistics
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -116,3 +118,65 @@ def test_a_tuned_index_is_built_with_its_settings_and_finds_the_exact_neighbours
     hybrid = store.search(probes[0], 10, text=questions[0])
     assert len(hybrid) == 10
     store.close()
+
+
+class _RecordingQdrant(http.server.BaseHTTPRequestHandler):
+    """Answers the few REST calls a new collection and a search make, as a Qdrant server
+    answers them, and keeps each request's JSON body: no Qdrant server can be installed here
+    (not on PyPI or Debian), and qdrant-client's embedded mode drops HNSW and quantization
+    settings, so the request a server would receive is what can be checked."""
+
+    received: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.received.append((self.command, self.path, body))
+        if self.path.endswith("/exists"):
+            result: Any = {"exists": False}
+        elif "/points/query" in self.path:
+            result = {"points": []}
+        elif "/index" in self.path:
+            result = {"operation_id": 0, "status": "completed"}
+        else:
+            result = True
+        payload = json.dumps({"result": result, "status": "ok", "time": 0.0}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    # http.server's handler names.
+    do_GET = do_PUT = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_store_sends_the_index_settings_to_qdrant() -> None:
+    import numpy as np
+
+    from rag.store import ServerStore
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingQdrant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        store = ServerStore("tuned", url=url, settings=TUNED)
+        store.ensure_collection(CollectionInfo("sentence-transformers/all-MiniLM-L6-v2", 384))
+        store.search(np.ones(384, dtype=np.float32), 5)
+        store.search(np.ones(384, dtype=np.float32), 5, text="annual leave")
+        store.close()
+    finally:
+        server.shutdown()
+    created = next(
+        b for m, p, b in _RecordingQdrant.received if m == "PUT" and p == "/collections/tuned"
+    )
+    assert created["hnsw_config"]["m"] == 24 and created["hnsw_config"]["ef_construct"] == 64
+    assert created["quantization_config"]["scalar"]["type"] == "int8"
+    assert created["vectors"]["dense"]["on_disk"] is True
+    dense, hybrid = [b for _, p, b in _RecordingQdrant.received if p.endswith("/points/query")]
+    expected = {"hnsw_ef": 128, "quantization": {"rescore": True, "oversampling": 3.0}}
+    assert {k: dense["params"][k] for k in expected} == expected
+    assert {k: hybrid["prefetch"][0]["params"][k] for k in expected} == expected
