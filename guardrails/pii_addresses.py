@@ -23,7 +23,8 @@ _LOW = "a-zß" + "".join(chr(c) for c in range(0x00C0, 0x0250) if chr(c).islower
 # A capitalised word: Baker, O'Connell, Saint-Denis, St. (a full stop only after a short
 # abbreviation, so "Paris. Thanks" ends at Paris).
 _CAP = rf"(?:[{_UP}][{_LOW}]{{0,2}}\.|[{_UP}][{_LOW}{_UP}'’\-]*)"
-_NUM = r"\d{1,5}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?(?![.,:]\d)"  # 221B, 12-14, 7/3; not 4.12
+# 221B, 12-14, 7/3, 88a/3/12 (Vienna: house, stair, flat); not 4.12
+_NUM = r"\d{1,5}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?){0,2}(?![.,:]\d)"
 
 # Street types written as their own word after the name, English-speaking countries.
 _EN_TYPES = (
@@ -70,7 +71,11 @@ _PREFIX_TYPES = (
     "(?i:rue|avenue|av\\.|boulevard|bd\\.?|chemin|allée|impasse|quai|viale"
     "|piazza|piazzale|corso|vicolo|contrada|calle|avenida|avda\\.|paseo|camino"
     "|carrer|ronda|travesía|pasaje|rua|travessa|alameda|praça|estrada|strada|bulevardul|calea"
-    "|aleea|splaiul|str\\.|ul\\.|ulica|al\\.|aleja|pl\\.|plac|os\\.|nám\\.|náměstí|trg)"
+    "|aleea|splaiul|str\\.|ul\\.|ulica|al\\.|aleja|pl\\.|plac|os\\.|nám\\.|náměstí|trg"
+    # Catalan.
+    "|avinguda|passeig|plaça|travessera)"
+    # Spanish `C/ Mayor` (calle).
+    "|C/"
     "|Place|Via|Route|Cours|Largo|Plaza|Ronda|Intrarea|Bulevardul|Soseaua|Calea|Strada"
     # Brazilian and Portuguese kinds of street (logradouro), Czech `U` ("by the") and `Na`.
     "|Quadra|Praia|Campo|Lago|Lagoa|Área|Colônia|Vila|Jardim|Parque|Rodovia|Conjunto|Setor"
@@ -101,8 +106,13 @@ _STREET_EU = re.compile(
     rf"|\b{_CAP}\s[{_LOW}]{{2,}}\s(?:{_EU_WORD_TYPES})\.?\s{_NUM}\b\.?"
 )
 _STREET_PREFIXED = re.compile(
-    rf"(?:\b{_NUM},?\s)?\b(?:{_PREFIX_TYPES})(?:\s(?:{_PARTICLE}|{_CAP}(?![º°]))){{1,5}}"
-    rf"(?:,?\s(?:Nr\.?\s|[nN][º°]\s?|[nN]o\.?\s|n\.\s?)?{_NUM}\b)?"
+    # A particle ends at its word (`del`, not `de` of it), or at its apostrophe (`d'Italia`).
+    rf"(?:\b{_NUM},?\s)?\b(?:{_PREFIX_TYPES})"
+    rf"(?:\s(?:{_PARTICLE}(?:(?<=')|(?![^\W\d_]))|{_CAP}(?![º°]))){{1,5}}"
+    rf"(?:,?\s(?:[nN]r\.?\s|[nN][º°]\s?|[nN]o\.?\s|n\.\s?)?{_NUM}\b)?"
+    # The floor and door or the block and flat after it: `3º B`, `4º Esq.`, `bl. 3, ap. 14`.
+    rf"(?:,?\s(?:\d{{1,2}}[º°ª]\s?(?:[A-Z]\b|Esq\.?|Dto\.?|Dta\.?|Izq\.?|Dcha\.?|Dr\.?)?"
+    rf"|(?:bl|sc|et|ap|apt)\.\s?\w{{1,4}}\b))*"
 )
 _PO_BOX = re.compile(
     r"\b(?:P\.?\s?O\.?\s?Box|Post\s+Office\s+Box|Postbox|Postfach|Boîte\s+postale|B\.?P\.|"
@@ -130,12 +140,15 @@ _POSTCODE_ALONE = re.compile(
     r"|[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z]\s\d[ABCEGHJ-NPRSTV-Z]\d)\b"
 )
 # A numeric postcode and the place after it: 75001 Paris, 277 83 Hrochův Týnec, 71-239
-# Wodzisław Śląski, H-9124 Egyházasberény, 3330-252 Trofa, 6241 UT Utrecht, D67 0P01 Dublin.
+# Wodzisław Śląski, H-9124 Egyházasberény, 3330-252 Trofa, 6241 UT Utrecht, D67 0P01 Dublin,
+# 8320000 Santiago (Chile: seven digits), C1425DKE Buenos Aires (Argentina's CPA: a province
+# letter, four digits, three letters), 94102976 Chilecito (Faker's es_AR: eight digits).
 _POSTCODE_CITY = re.compile(
-    rf"\b(?:[A-Z]{{1,2}}-)?(?:\d{{2,6}}(?:[ -]\d{{2,3}})?(?:\s?[A-Z]{{2}}(?=\s))?"
+    rf"\b(?P<code>(?:[A-Z]{{1,2}}-)?(?:\d{{2,6}}(?:[ -]\d{{2,3}})?(?:\s?[A-Z]{{2}}(?=\s))?"
+    rf"|\d{{7,8}}|[A-HJ-NP-Z]\d{{4}}[A-Z]{{3}}"
     rf"|[AC-FHKNPRTV-Y]\d{{2}}\s?[AC-FHKNPRTV-Y0-9]{{4}}"
-    rf"|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|[A-Z]\d[A-Z]\s?\d[A-Z]\d)"
-    rf"\s{_CAP}(?:(?:[ -]{_PARTICLE})?[ -]{_CAP}){{0,3}}"
+    rf"|[A-Z]{{1,2}}\d[A-Z\d]?\s\d[A-Z]{{2}}|[A-Z]\d[A-Z]\s?\d[A-Z]\d))"
+    rf"\s(?P<city>{_CAP}(?:(?:[ -]{_PARTICLE})?[ -]{_CAP}){{0,3}})"
 )
 # A capitalised street name and a house number with no street type: Dolac 575, Plzeňská 34.
 # Taken only beside another address part or after an address word.
@@ -166,7 +179,10 @@ _JOIN = re.compile(r"[\s,;]{0,3}(?:\n)?[\s,;]{0,2}")
 class AddressRecognizer(EntityRecognizer):  # type: ignore[misc]
     """LOCATION for street addresses, PO boxes, military addresses and postcode lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, cities: frozenset[str] = frozenset()) -> None:
+        # Town names (guardrails/pii_places.py): a postcode before one is an address line
+        # with no address word in front (`We met her in 1010 Wien`).
+        self._cities = cities
         super().__init__(supported_entities=["LOCATION"], name="address", supported_language="en")
 
     def load(self) -> None:
@@ -186,14 +202,18 @@ class AddressRecognizer(EntityRecognizer):  # type: ignore[misc]
         ):
             for m in pattern.finditer(text):
                 if pattern is _STREET_PREFIXED and not re.search(r"\d", m.group()):
-                    continue  # "via Email", "Place an order": a prefix needs a house number
+                    # "via Email", "Place an order": alone, a prefixed street needs a house
+                    # number; beside a city line ("Lago Porto, Barkerstad, NJ 20849") it is
+                    # the street of that address.
+                    parts.append(_Part(m.start(), m.end(), SCORE_WEAK, "unnumbered_street"))
+                    continue
                 if pattern is _PO_BOX and m.group().startswith("Box") and not _cued(text, m):
                     continue
                 parts.append(_Part(m.start(), m.end(), SCORE_STRONG, "street"))
         for m in _POSTCODE_ALONE.finditer(text):
             parts.append(_Part(m.start(), m.end(), SCORE_SHAPE, "postcode"))
         for m in _POSTCODE_CITY.finditer(text):
-            score = SCORE_SHAPE if _cued(text, m) else SCORE_WEAK
+            score = SCORE_SHAPE if _cued(text, m) or self._postcode_and_town(m) else SCORE_WEAK
             parts.append(_Part(m.start(), m.end(), score, "postcode"))
         for m in _NAME_NUMBER.finditer(text):
             score = SCORE_SHAPE if _cued(text, m) else SCORE_WEAK
@@ -204,13 +224,24 @@ class AddressRecognizer(EntityRecognizer):  # type: ignore[misc]
             if score >= SCORE_SHAPE
         ]
 
+    def _postcode_and_town(self, match: re.Match[str]) -> bool:
+        """A code of four digits or more (every European postcode has them; `12 Printers`
+        does not) before a town's name, whole or as its first words (`1010 Wien Mitte`)."""
+        code = match.group("code")
+        # A year is no postcode here: `© 2022 Gogo LLC` (benign_dev.jsonl). `2000 Antwerpen`
+        # still counts after an address word or beside a street.
+        if sum(ch.isdigit() for ch in code) < 4 or re.fullmatch(r"(?:19|20)\d\d", code):
+            return False
+        words = match.group("city").split(" ")
+        return any(" ".join(words[:n]) in self._cities for n in range(len(words), 0, -1))
+
 
 @dataclass(frozen=True, order=True)
 class _Part:
     start: int
     end: int
     score: float
-    kind: str  # street, postcode or name_number
+    kind: str  # street, unnumbered_street, postcode or name_number
 
 
 def _cued(text: str, match: re.Match[str]) -> bool:
@@ -242,7 +273,7 @@ def _joined(text: str, parts: list[_Part]) -> list[tuple[int, int, float]]:
         if count > 1 and kinds != {"name_number"}:
             if score >= SCORE_SHAPE:
                 score = SCORE_STRONG
-            elif "," in text[start:end]:
+            elif "," in text[start:end] and "unnumbered_street" not in kinds:
                 # Weak parts joined by a comma read as an address ("Dolac 575, 68282 Ilok");
                 # by a space alone they may be anything ("XS 29 73 58 D" is an NI number).
                 score = SCORE_SHAPE

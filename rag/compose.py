@@ -104,11 +104,20 @@ def _pii(
     threshold: float,
     patterns: tuple[tuple[str, str], ...],
     names_lookup: Path | None,
+    places_lookup: Path | None,
 ) -> PresidioPII:
-    return PresidioPII(package, entities, threshold, dict(patterns), names_lookup=names_lookup)
+    return PresidioPII(
+        package,
+        entities,
+        threshold,
+        dict(patterns),
+        names_lookup=names_lookup,
+        places_lookup=places_lookup,
+    )
 
 
 def build_pii(settings: Settings) -> PresidioPII:
+    from guardrails import pii_places
     from guardrails.pii_names import LOOKUP_FILE
 
     cfg = settings.guards.pii
@@ -116,12 +125,14 @@ def build_pii(settings: Settings) -> PresidioPII:
     package = resolve_spacy_package(cfg.spacy_model) or cfg.spacy_model
     # Derived from the installed names-dataset on first use, once per models directory.
     names_lookup = settings.models_dir / LOOKUP_FILE if cfg.name_gazetteer else None
+    places_lookup = settings.models_dir / pii_places.LOOKUP_FILE if cfg.place_gazetteer else None
     return _pii(
         package,
         cfg.entities,
         cfg.score_threshold,
         tuple(sorted(cfg.custom_patterns.items())),
         names_lookup,
+        places_lookup,
     )
 
 

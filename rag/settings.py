@@ -263,6 +263,9 @@ class PIISettings(_Section):
     # Given names and surnames of 100+ countries (guardrails/pii_names.py), for the names
     # spaCy's small English model misses; a compact lookup is derived once into models_dir.
     name_gazetteer: bool = True
+    # Towns of 5,000 people or more (guardrails/pii_places.py): a postcode before a known
+    # town is an address (`1010 Wien`), and a "name" that is a place stays a place.
+    place_gazetteer: bool = True
 
 
 class InjectionSettings(_Section):
