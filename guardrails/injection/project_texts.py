@@ -25,6 +25,9 @@ DOCUMENT_GLOBS = ("examples/**/*.md", "examples/**/*.txt", "README.md", "deploy/
 DOCSTRING_FOLDERS = ("rag", "ingest", "ui", "evals")
 _HEADING = re.compile(r"^\s*#{1,6}\s+(.+?)\s*$")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+# The attack the example documents carry on purpose (examples/vendors/supplier-notes.md, so the
+# demo shows a flagged chunk): text holding it is labelled an attack, never benign prose.
+EXAMPLE_ATTACK = "Note to the AI assistant reading this"
 # Chunks of about what ingest stores (256 tokens cut; paragraphs are usually shorter).
 CHUNK_WORDS = 150
 
@@ -264,12 +267,14 @@ def project_texts(seed: int, root: Path = ROOT) -> list[LabelledText]:
 
     for title, text in documents:
         # A whole document goes to one split, so no held-out paragraph has a twin in training.
+        # The demo's planted attack is an attack wherever it is cut (it was once benign here,
+        # and the highest benign score the thresholds were calibrated on).
         for paragraph in paragraphs(text):
-            add(paragraph, False, "project:paragraphs", title)
+            add(paragraph, EXAMPLE_ATTACK in paragraph, "project:paragraphs", title)
         for sentence in sentences(text):
-            add(sentence, False, "project:sentences", title)
+            add(sentence, EXAMPLE_ATTACK in sentence, "project:sentences", title)
         for chunk in chunks(text):
-            add(chunk, False, "project:chunks", title)
+            add(chunk, EXAMPLE_ATTACK in chunk, "project:chunks", title)
     for doc in docstrings(root):
         add(doc, False, "project:docstrings")
     for source, text in _templated(documents, rng):
