@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import sys
 from collections import defaultdict
@@ -23,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from guardrails.injection import InjectionRules, views_of
+from guardrails.injection.train_head import stored_threshold, threshold_at_fpr
 from guardrails.injection_exemplars import Exemplar, load_bank
 from guardrails.injection_learned import (
     WEIGHTS_PATH,
@@ -124,24 +124,6 @@ def fit(
     model = LogisticRegression(C=REGULARISATION_C, max_iter=5000, class_weight="balanced")
     model.fit(featurizer.transform(texts, evidence), labels)
     return model
-
-
-def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
-    """The lowest threshold at which at most `target` of the benign scores reach it."""
-    ordered = np.sort(benign_scores)[::-1]
-    allowed = int(np.floor(target * len(ordered)))
-    return float(np.nextafter(ordered[allowed], 1.0)) if allowed < len(ordered) else 0.0
-
-
-def stored_threshold(benign_scores: np.ndarray, threshold: float) -> float:
-    """`threshold` rounded up to the 4 decimals stored, never down onto a held-out benign
-    score it excluded: scores are rounded to 4 decimals too, and `ceil(0.971 * 10_000)` is
-    9710 in floating point, which once admitted a benign score of exactly 0.971."""
-    stored = math.ceil(threshold * 10_000) / 10_000
-    excluded = benign_scores[benign_scores < threshold]
-    while excluded.size and stored <= float(excluded.max()):
-        stored = round(stored + 0.0001, 4)
-    return stored
 
 
 def train(attacks: Sequence[Exemplar], benign: Sequence[Exemplar]) -> LearnedWeights:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guardrails.injection.normalise import views_of
+from guardrails.injection.normalise import reads_as_text, views_of
 from guardrails.injection_exemplars import windows
 
 EmbedOne = Callable[[str], np.ndarray]
@@ -42,8 +42,10 @@ def head_folder(models_dir: Path, embedder_name: str) -> Path:
 # A dense layer: weights (inputs × outputs) and bias (outputs).
 Layer = tuple[np.ndarray, np.ndarray]
 # Bumped when training changes what a head is: `guardrag models pull` retrains a head saved
-# by an older recipe. 1: logistic regression; 2: bagged one-hidden-layer networks.
-RECIPE = 2
+# by an older recipe. 1: logistic regression; 2: bagged one-hidden-layer networks; 3: the
+# same, with thresholds that never round onto an excluded benign score and no decoded noise
+# among the views it embeds.
+RECIPE = 3
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,13 @@ class HeadWeights:
         return total / len(self.members)
 
 
+def head_views(text: str) -> list[str]:
+    """The views of a text the head embeds besides the text as written (look-alike letters
+    folded, encoded spans decoded), those that read as text."""
+    as_written = re.sub(r"\s+", " ", text)
+    return [view for view in views_of(text) if view != as_written and reads_as_text(view)]
+
+
 def long_text_pieces(text: str, max_windows: int = MAX_WINDOWS) -> list[str]:
     """Windows of a long text (none for a short one), at most `max_windows` spread evenly."""
     if len(text.split()) <= LONG_TEXT_WORDS or max_windows <= 0:
@@ -176,8 +185,7 @@ class EmbeddingHead:
         # Views that differ from the text as written (look-alike letters folded, encoded
         # spans decoded), and for a question its windows. A chunk at ingest gets no windows:
         # they would embed it again, which ingest cannot afford (make bench-ingest).
-        as_written = re.sub(r"\s+", " ", text)
-        extra = [view for view in views_of(text) if view != as_written]
+        extra = head_views(text)
         if vector is None:
             extra += long_text_pieces(text, self.max_windows)
         best = self.score_vector(np.asarray(whole))

@@ -40,11 +40,12 @@ def normalise(text: str) -> str:
 
 
 def reads_as_text(decoded: str) -> bool:
-    """Whether decoded bytes read as words rather than noise. Any long word is valid base64
-    ("Immunodeficiency" decodes to `"i^~'"zw2`): such noise is no hidden text, and each view
-    costs the trained head an embedding and can catch its eye (it flagged a paragraph on the
-    immune system). Words are mostly letters and spaces; random bytes that decode to printable
-    text are about half letters."""
+    """Whether a view reads as words rather than noise, for the trained head. Any long word is
+    valid base64 ("Immunodeficiency" decodes to `"i^~'"zw2`): such noise costs the head an
+    embedding and can catch its eye (it flagged a paragraph on the immune system). Words are
+    mostly letters and spaces; random bytes that decode to printable text are about half
+    letters. The rules read every decoded span: a decoded URL or markup is mostly not letters
+    and is exactly what the exfiltration rules look for."""
     if not decoded or not all(c.isprintable() or c in "\n\t" for c in decoded):
         return False
     wordlike = sum(c.isalpha() or c.isspace() for c in decoded) / len(decoded)
@@ -61,14 +62,14 @@ def decoded_spans(text: str) -> list[str]:
         except (binascii.Error, ValueError):
             continue
         decoded = raw.decode("utf-8", errors="ignore")
-        if len(decoded) >= 8 and reads_as_text(decoded):
+        if len(decoded) >= 8 and sum(c.isprintable() for c in decoded) / len(decoded) > 0.9:
             found.append(decoded)
     for match in _HEX_SPAN.finditer(text):
         try:
             decoded = bytes.fromhex(re.sub(r"[\s:]", "", match.group(0))).decode("utf-8")
         except ValueError:
             continue
-        if decoded.isprintable() and reads_as_text(decoded):
+        if decoded.isprintable():
             found.append(decoded)
     if re.search(r"\brot-?13\b", text, re.IGNORECASE):
         found.append(codecs.decode(text, "rot13"))

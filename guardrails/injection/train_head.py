@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from guardrails.injection.head import (
     EmbeddingHead,
     HeadWeights,
     Layer,
+    head_views,
     long_text_pieces,
 )
 from guardrails.injection.project_texts import project_texts
@@ -68,6 +70,17 @@ def threshold_at_fpr(benign_scores: np.ndarray, target: float) -> float:
     ordered = np.sort(benign_scores)[::-1]
     allowed = int(np.floor(target * len(ordered)))
     return float(np.nextafter(ordered[allowed], 1.0)) if allowed < len(ordered) else 0.0
+
+
+def stored_threshold(benign_scores: np.ndarray, threshold: float) -> float:
+    """`threshold` rounded up to the 4 decimals stored, never down onto a held-out benign
+    score it excluded: scores are rounded to 4 decimals too, and `ceil(0.971 * 10_000)` is
+    9710 in floating point, which once admitted a benign score of exactly 0.971."""
+    stored = math.ceil(threshold * 10_000) / 10_000
+    excluded = benign_scores[benign_scores < threshold]
+    while excluded.size and stored <= float(excluded.max()):
+        stored = round(stored + 0.0001, 4)
+    return stored
 
 
 def fit(
@@ -204,12 +217,17 @@ def train(
     as_question, as_chunk = held_out_scores(head, test_rows, held_vectors)
     attack = np.array([r.attack for r in test_rows])
     documents = np.array([r.source in DOCUMENT_SOURCES for r in test_rows])
-    thresholds = {
-        "question": threshold_at_fpr(as_question[~attack], TARGET_FPR["question"]),
-        "turn": threshold_at_fpr(as_question[~attack], TARGET_FPR["turn"]),
-        "chunk": threshold_at_fpr(as_chunk[~attack & documents], TARGET_FPR["chunk"]),
+    calibration = {
+        "question": (as_question[~attack], TARGET_FPR["question"]),
+        "turn": (as_question[~attack], TARGET_FPR["turn"]),
+        "chunk": (as_chunk[~attack & documents], TARGET_FPR["chunk"]),
     }
-    thresholds = {use: round(min(t, 0.9999), 4) for use, t in thresholds.items()}
+    # Scores are rounded to 4 decimals: a threshold rounded the same way could land on the
+    # benign score it was chosen to exclude (the card then said one text too many flagged).
+    thresholds = {
+        use: min(stored_threshold(benign, threshold_at_fpr(benign, target)), 0.9999)
+        for use, (benign, target) in calibration.items()
+    }
     seconds = time.perf_counter() - started
     card = _card(embedder_name, rows, test_rows, as_question, as_chunk, thresholds, seconds, seed)
     card["texts_embedded_this_run"] = embed.embedded
@@ -221,15 +239,7 @@ def train(
 
 
 def _views(rows: Sequence[LabelledText]) -> set[str]:
-    import re
-
-    from guardrails.injection.normalise import views_of
-
-    out: set[str] = set()
-    for r in rows:
-        as_written = re.sub(r"\s+", " ", r.text)
-        out |= {v for v in views_of(r.text) if v != as_written}
-    return out
+    return {view for r in rows for view in head_views(r.text)}
 
 
 def _card(
