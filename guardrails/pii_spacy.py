@@ -30,7 +30,8 @@ _COUNTRY_ABBREVIATIONS = frozenset({"US", "UK", "EU"})
 
 
 def ner_on_single_threaded_openblas(pipeline: Any) -> None:
-    """Run the entity recognizer's matrix products on numpy's OpenBLAS, one thread.
+    """Run the entity recognizer's model on numpy's OpenBLAS, one thread (the step-by-step
+    parse inside spaCy's compiled code still multiplies with blis).
 
     thinc multiplies with `blis`, whose wheel does not recognise this machine's AMD EPYC and
     falls back to its generic C kernel (`bli_arch_query_id` says `generic`); OpenBLAS picks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,7 @@ def injection_head_current(settings: Settings) -> bool:
         return False
     try:
         return HeadWeights.load(path.parent).recipe >= RECIPE
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         # Unreadable: train it again rather than fail the pull.
         return False
 

@@ -125,3 +125,32 @@ def test_a_number_before_a_town_name_alone_is_no_address(pii: PresidioPII, text:
 
     recognizer = AddressRecognizer(pii.places.town_names(pii.english_words))
     assert recognizer.analyze(text, ["LOCATION"]) == []
+
+
+def test_a_street_without_a_number_does_not_hide_the_address_beside_it(pii: PresidioPII) -> None:
+    # The rule that kept a street without a number from promoting itself once dropped every
+    # weak part it was joined to: house number and postcode were left in the text.
+    text = "Send it to Calle Mayor, Dolac 575, 68282 Ilok please."
+    assert _hidden_whole(pii, text, "Dolac 575, 68282 Ilok", "LOCATION")
+
+
+def test_a_models_folder_that_cannot_be_written_still_gets_the_towns(
+    provisioned: Settings, tmp_path
+) -> None:
+    from rag.models import resolve_spacy_package
+
+    # A file where the folder should be: the lookup can be neither written nor read.
+    blocked = tmp_path / "models"
+    blocked.write_text("not a folder")
+    package = resolve_spacy_package(provisioned.guards.pii.spacy_model)
+    assert package is not None
+    guard = PresidioPII(
+        package,
+        provisioned.guards.pii.entities,
+        provisioned.guards.pii.score_threshold,
+        places_lookup=blocked / "places-lookup-v1.tsv.gz",
+    )
+    assert guard.available
+    assert _hidden_whole(
+        guard, "We met her in 1010 Wien to sign the lease.", "1010 Wien", "LOCATION"
+    )
