@@ -54,6 +54,24 @@ def pytest_runtest_makereport(
         report.longrepr = f"skipped in CI (CI={os.environ['CI']}), which must run it: {reason}"
 
 
+def without_injection_head(pipeline: Pipeline) -> Pipeline:
+    """The same pipeline (engines, store, pool) with its input guards built without the
+    injection guard's trained head: for tests of what the rules and the whole-conversation
+    check decide. A retrained head may flag one half of a split request on its own (then the
+    request is blocked anyway), which must not decide whether the whole-conversation check
+    works."""
+    from rag.compose import build_guards
+
+    guards_cfg = pipeline.settings.guards
+    injection = guards_cfg.injection.model_copy(update={"head": False})
+    settings = pipeline.settings.model_copy(
+        update={"guards": guards_cfg.model_copy(update={"injection": injection})}
+    )
+    return Pipeline(
+        settings, replace(pipeline.stages, input_guards=build_guards(settings, "question"))
+    )
+
+
 def example_chunk_texts(tokenizer: Any) -> list[str]:
     """The shipped examples' Markdown cut as ingest cuts it (200 tokens, 30 overlapping)."""
     from ingest.chunking import chunk_document
