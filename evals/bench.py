@@ -47,6 +47,15 @@ class BenchRow:
     met: bool | None = None
 
 
+def require_retrieval_set(dataset: Path) -> None:
+    """Stops a benchmark that reads the development retrieval set when it is not there."""
+    if not (dataset / "questions.jsonl").is_file():
+        raise SystemExit(
+            f"{dataset} holds no questions.jsonl: the development set belongs beside the "
+            "checkout (../shared/eval-data/retrieval_qa); or pass --dataset PATH"
+        )
+
+
 class Benchmark(Protocol):
     def __call__(self, argv: Sequence[str] = ()) -> list[BenchRow]: ...
 

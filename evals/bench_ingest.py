@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from evals.bench import BenchRow
+from evals.bench import BenchRow, require_retrieval_set
 from evals.retrieval import QAQuestion, RetrievalScores, evaluate, load_questions, scores_from
 from guardrails.injection import InjectionRules, views_of
 from ingest.chunking import chunk_document
@@ -761,11 +761,7 @@ def compare_with_llamaindex(
 def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]]]:
     """The whole benchmark: the table's title and its groups of rows."""
     args = parse_args(argv)
-    if not (args.dataset / "questions.jsonl").is_file():
-        raise SystemExit(
-            f"{args.dataset} holds no questions.jsonl: the development set belongs beside the "
-            "checkout (../shared/eval-data/retrieval_qa); or pass --dataset PATH"
-        )
+    require_retrieval_set(args.dataset)
     # Other work on the machine skews every figure (torch's threads wait on a busy core): the
     # load at start and end goes in the title.
     load_at_start = os.getloadavg()[0]

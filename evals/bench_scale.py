@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.bench import BenchRow
+from evals.bench import BenchRow, require_retrieval_set
 from rag.schema import Chunk, Hit
 from rag.settings import StoreSettings
 from rag.store import CollectionInfo, EdgeStore, point_id
@@ -633,11 +633,7 @@ def sizes_in_turn(sizes: list[int]) -> Iterator[int]:
 
 def measure(argv: Sequence[str] | None = None) -> tuple[str, list[list[BenchRow]]]:
     args = parse_args(argv)
-    if not (args.dataset / "questions.jsonl").is_file():
-        raise SystemExit(
-            f"{args.dataset} holds no questions.jsonl: the development set belongs beside the "
-            "checkout (../shared/eval-data/retrieval_qa); or pass --dataset PATH"
-        )
+    require_retrieval_set(args.dataset)
     tuning = tuning_of(args)
     load_at_start = os.getloadavg()[0]
     ingest_sizes = args.sizes if args.ingest_sizes is None else args.ingest_sizes

@@ -15,14 +15,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from guardrails.pii_places import PlaceLookup
 from guardrails.verdict import GuardContext, Verdict, clean, flagged, unavailable
-
-if TYPE_CHECKING:
-    from guardrails.pii_places import PlaceLookup
-
-log = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
 # The longest tail that may still grow into a placeholder, e.g. "<EMAIL_ADDR".
@@ -190,12 +186,6 @@ def _ner_only_engine(spacy_package: str) -> Any:
     return engine
 
 
-def _no_places() -> PlaceLookup:
-    from guardrails.pii_places import PlaceLookup
-
-    return PlaceLookup(frozenset(), frozenset())
-
-
 class PresidioPII:
     """The PII guard: Presidio's analyzer with spaCy NER, placeholders from a PseudonymVault."""
 
@@ -216,7 +206,7 @@ class PresidioPII:
         self._places_lookup = places_lookup
         # spaCy's English lemma index: what tells a name or a town from an ordinary word.
         self.english_words: frozenset[str] = frozenset()
-        self.places = _no_places()
+        self.places = PlaceLookup(frozenset(), frozenset())
         self._analyzer = None
         self._load_error = ""
         try:
@@ -274,22 +264,7 @@ class PresidioPII:
             # matcher once per region over the whole text (guardrails/pii_phones.py).
             analyzer.registry.remove_recognizer("PhoneRecognizer")
             analyzer.registry.add_recognizer(PhoneShapeRecognizer())
-        places = _no_places()
-        if self._places_lookup is not None:
-            try:
-                if not self._places_lookup.exists():
-                    pii_places.build_lookup(self._places_lookup)
-                places = pii_places.load_lookup(self._places_lookup)
-            except OSError as exc:
-                # A read-only models folder (an upgrade that added this lookup): built here,
-                # at a memory cost, rather than the guard unavailable until someone can write.
-                log.warning(
-                    "PII town lookup %s could not be written or read (%s); built in memory: "
-                    "run `guardrag models pull` where the models folder is writable",
-                    self._places_lookup,
-                    exc,
-                )
-                places = pii_places.lookup_from_package()
+        places = pii_places.places_at(self._places_lookup)
         self.places = places
         if "LOCATION" in self.entities:
             analyzer.registry.add_recognizer(AddressRecognizer(places.town_names(english)))
@@ -307,7 +282,6 @@ class PresidioPII:
         # spaCy's own spans, trimmed and corroborated (guardrails/pii_spacy.py): Presidio's
         # recognizer reports every capitalised `Q3` or `Legal` it tags.
         analyzer.registry.remove_recognizer("SpacyRecognizer")
-
         analyzer.registry.add_recognizer(
             CorroboratedSpacyRecognizer(lookup, english, places.places)
         )

@@ -13,11 +13,13 @@ in the models folder (`guardrag models pull`, or the first guard built) and read
 from __future__ import annotations
 
 import gzip
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 # GeoNames' smallest town in the package's lists at this size: 69k towns.
 MIN_POPULATION = 5000
 LOOKUP_FILE = "places-lookup-v1.tsv.gz"
@@ -34,6 +36,26 @@ class PlaceLookup:
     def town_names(self, english_words: frozenset[str]) -> frozenset[str]:
         """The towns whose name is not also an English word."""
         return frozenset(name for name in self.towns if name.lower() not in english_words)
+
+
+def places_at(path: Path | None) -> PlaceLookup:
+    """The lookup at `path`, written there first if it is missing; none without a path. A
+    models folder that cannot be written (an upgrade that added this lookup) gets it built in
+    memory, at that memory cost, rather than a PII guard that cannot run."""
+    if path is None:
+        return PlaceLookup(frozenset(), frozenset())
+    try:
+        if not path.exists():
+            build_lookup(path)
+        return load_lookup(path)
+    except OSError as exc:
+        log.warning(
+            "PII town lookup %s could not be written or read (%s); built in memory: run "
+            "`guardrag models pull` where the models folder is writable",
+            path,
+            exc,
+        )
+        return lookup_from_package()
 
 
 def build_lookup(target: Path) -> Path:

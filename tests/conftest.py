@@ -72,6 +72,16 @@ def without_injection_head(pipeline: Pipeline) -> Pipeline:
     )
 
 
+# Questions the example handbook answers, for tests that search a store of its chunks.
+HANDBOOK_QUESTIONS = (
+    "How many days of annual leave do I get?",
+    "What is the minimum password length?",
+    "Who approves an expense above 2,500 euros?",
+    "When is salary paid?",
+    "How many days a week can I work remotely?",
+)
+
+
 def example_chunk_texts(tokenizer: Any) -> list[str]:
     """The shipped examples' Markdown cut as ingest cuts it (200 tokens, 30 overlapping)."""
     from ingest.chunking import chunk_document

@@ -18,7 +18,7 @@ from rag.compose import build_embedder
 from rag.schema import Chunk
 from rag.settings import Settings, StoreSettings
 from rag.store import CollectionInfo, EdgeStore, point_id
-from tests.conftest import example_chunk_texts
+from tests.conftest import HANDBOOK_QUESTIONS, example_chunk_texts
 
 # Past Qdrant's indexing threshold (10 MB of vectors, about 6,500 of 384 dims): optimize()
 # builds the HNSW graph and the int8 copy rather than leaving the segment brute force.
@@ -100,14 +100,7 @@ def test_a_tuned_index_is_built_with_its_settings_and_finds_the_exact_neighbours
     # Each real chunk's own vector: the chunk itself first, through the quantized index.
     for index, vector in enumerate(real):
         assert store.search(vector, 10)[0].chunk.id == ids[index], texts[index][:80]
-    questions = [
-        "How many days of annual leave do I get?",
-        "What is the minimum password length?",
-        "Who approves an expense above 2,500 euros?",
-        "When is salary paid?",
-        "How many days a week can I work remotely?",
-    ]
-    probes = [embedder.embed_query(q) for q in questions]
+    probes = [embedder.embed_query(q) for q in HANDBOOK_QUESTIONS]
     recall = statistics.fmean(
         len({h.chunk.id for h in store.search(p, 10, exact=True)} & {h.chunk.id for h in found})
         / 10
@@ -115,7 +108,7 @@ def test_a_tuned_index_is_built_with_its_settings_and_finds_the_exact_neighbours
     )
     assert recall >= 0.9
     # Hybrid search runs through the same tuned dense prefetch.
-    hybrid = store.search(probes[0], 10, text=questions[0])
+    hybrid = store.search(probes[0], 10, text=HANDBOOK_QUESTIONS[0])
     assert len(hybrid) == 10
     store.close()
 

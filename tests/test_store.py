@@ -16,7 +16,7 @@ from rag.compose import build_embedder
 from rag.schema import Chunk, Hit
 from rag.settings import Settings
 from rag.store import DENSE, INDEXED_FIELDS, SHARED, CollectionInfo, EdgeStore, point_id
-from tests.conftest import example_chunk_texts
+from tests.conftest import HANDBOOK_QUESTIONS, example_chunk_texts
 
 # Past Qdrant's indexing threshold (10 MB of vectors, about 6,500 of 384 dims), where
 # optimize() builds HNSW rather than leaving the segment brute force.
@@ -46,14 +46,7 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
             for i in range(at, at + 2000)
         ]
         store.upsert(batch, vectors[at : at + 2000], [1] * len(batch), owner=owner)
-    questions = [
-        "How many days of annual leave do I get?",
-        "What is the minimum password length?",
-        "Who approves an expense above 2,500 euros?",
-        "When is salary paid?",
-        "How many days a week can I work remotely?",
-    ]
-    probes = [embedder.embed_query(q) for q in questions]
+    probes = [embedder.embed_query(q) for q in HANDBOOK_QUESTIONS]
 
     def exact_ids(probe: np.ndarray) -> set[str]:
         # Every point on its float32 vector: past the index and the int8 copy alike.
@@ -72,7 +65,7 @@ def test_optimize_builds_hnsw_whose_results_match_exact_search(
     def owners_of(hits: list[Hit]) -> set[str]:
         return {h.chunk.path.split("/")[0] for h in hits}
 
-    for probe, question in zip(probes, questions, strict=True):
+    for probe, question in zip(probes, HANDBOOK_QUESTIONS, strict=True):
         assert owners_of(store.search(probe, 30, text=question)) == set(owners), question
         scoped = store.search(probe, 10, text=question, owners=("alice", SHARED))
         assert len(scoped) == 10 and owners_of(scoped) <= {"alice", SHARED}, question

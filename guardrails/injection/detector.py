@@ -125,7 +125,7 @@ class InjectionDetector:
         scores: LayerScores = {"rules": self.rules.score(views)}
         lap("rules")
         if self.head is not None:
-            scores["head"] = (self.head.score(text, vector), ("trained_head",))
+            scores["head"] = (self.head.score(text, vector, views), ("trained_head",))
             lap("head")
         if self.learned is not None:
             scores["learned"] = (self.learned.score(views, scores["rules"]), ("learned",))

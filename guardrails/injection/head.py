@@ -131,11 +131,13 @@ class HeadWeights:
         return total / len(self.members)
 
 
-def head_views(text: str) -> list[str]:
+def head_views(text: str, views: Sequence[str] | None = None) -> list[str]:
     """The views of a text the head embeds besides the text as written (look-alike letters
-    folded, encoded spans decoded), those that read as text."""
+    folded, encoded spans decoded), those that read as text. `views`: the text's views when
+    the caller has them (the detector computes them once for every layer)."""
     as_written = re.sub(r"\s+", " ", text)
-    return [view for view in views_of(text) if view != as_written and reads_as_text(view)]
+    every = views_of(text) if views is None else views
+    return [view for view in every if view != as_written and reads_as_text(view)]
 
 
 def long_text_pieces(text: str, max_windows: int = MAX_WINDOWS) -> list[str]:
@@ -178,14 +180,16 @@ class EmbeddingHead:
     def score_vector(self, vector: np.ndarray) -> float:
         return round(float(self.probabilities(vector[None, :])[0]), 4)
 
-    def score(self, text: str, vector: np.ndarray | None = None) -> float:
+    def score(
+        self, text: str, vector: np.ndarray | None = None, views: Sequence[str] | None = None
+    ) -> float:
         """The text's score; `vector`, when the caller has it (ingest's chunk vector), spares
-        embedding the whole text again."""
+        embedding the whole text again, and `views` (`views_of(text)`) computing them again."""
         whole = vector if vector is not None else self._embed_query(text)
         # Views that differ from the text as written (look-alike letters folded, encoded
         # spans decoded), and for a question its windows. A chunk at ingest gets no windows:
         # they would embed it again, which ingest cannot afford (make bench-ingest).
-        extra = head_views(text)
+        extra = head_views(text, views)
         if vector is None:
             extra += long_text_pieces(text, self.max_windows)
         best = self.score_vector(np.asarray(whole))
