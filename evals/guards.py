@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -274,6 +275,53 @@ def held_out_rows(seed: int = 0) -> list[dict[str, Any]]:
         for r in [*load_corpora(), *project_texts(seed)]
         if r.split == "held_out"
     ]
+
+
+# A row is a near copy of a training text when this share of its sampled 8-character pieces
+# are in that one text (a jailbreak reposted with another name or request is one).
+NEAR_COPY_SHARE = 0.7
+_PIECE = 8
+_SAMPLE_EVERY = 4
+
+
+def _pieces(text: str) -> set[int]:
+    """A deterministic sample (one in four, by CRC) of the text's 8-character pieces."""
+    flat = " ".join(text.lower().split())
+    pieces = (flat[i : i + _PIECE].encode() for i in range(max(1, len(flat) - _PIECE + 1)))
+    return {c for c in map(zlib.crc32, pieces) if c % _SAMPLE_EVERY == 0}
+
+
+def near_copies(texts: Sequence[str], training: Sequence[str]) -> list[int]:
+    """Indexes of `texts` that a training text contains almost whole: measured on, they
+    would say how well the head remembers, not how it generalises."""
+    index: dict[int, list[int]] = defaultdict(list)
+    exact = {" ".join(t.lower().split()) for t in training}
+    for number, text in enumerate(training):
+        for piece in _pieces(text):
+            index[piece].append(number)
+    found = []
+    for number, text in enumerate(texts):
+        pieces = _pieces(text)
+        if " ".join(text.lower().split()) in exact:
+            found.append(number)
+            continue
+        if len(pieces) < 8:  # too short to tell a copy from shared phrasing
+            continue
+        shared: dict[int, int] = defaultdict(int)
+        for piece in pieces:
+            for holder in index.get(piece, ()):
+                shared[holder] += 1
+        if shared and max(shared.values()) >= NEAR_COPY_SHARE * len(pieces):
+            found.append(number)
+    return found
+
+
+def head_training_texts(seed: int = 0) -> list[str]:
+    """The texts the injection head trains on (raises CorporaMissing without the wheels)."""
+    from guardrails.injection.corpora import load_corpora
+    from guardrails.injection.project_texts import project_texts
+
+    return [r.text for r in [*load_corpora(), *project_texts(seed)] if r.split == "train"]
 
 
 def document_chunks(

@@ -23,10 +23,12 @@ from evals.guards import (
     ListedGuard,
     benign_flag_rates,
     document_chunks,
+    head_training_texts,
     injection_report,
     injection_scores,
     listed_guards,
     llama_guard_agreement,
+    near_copies,
     off_guards,
     presidio_of,
     read_jsonl,
@@ -378,13 +380,38 @@ def injection_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:
         return SuiteResult(unavailable={"guards.injection": missing})
     attacks = spread(read_jsonl(data.injection), work.limit)
     benign = work.benign_questions
+    attacks, benign, left_out, notes = _without_near_copies(attacks, benign)
     with work.progress.step("guards: injection", len(attacks) + len(benign)) as advance:
         injection = injection_scores(detector, attacks, benign, advance)
-    details: dict[str, Any] = {"injection": injection_report(injection)}
+    details: dict[str, Any] = {"injection": injection_report(injection) | {"left_out": left_out}}
     unavailable: dict[str, str] = {}
     metrics = _injection_metrics("guards.injection", injection)
+    metrics["guards.injection.near_copies_left_out"] = len(left_out)
     metrics |= _injection_extra_sets(work, detector, details, unavailable)
-    return SuiteResult(metrics, details, unavailable)
+    return SuiteResult(metrics, details, unavailable, notes)
+
+
+def _without_near_copies(
+    attacks: list[dict[str, Any]], benign: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str], tuple[str, ...]]:
+    """The labelled rows less those a training text of the injection head nearly copies (the
+    public corpora repost the same payloads): attacks, benign, the ids left out, a note."""
+    from guardrails.injection.corpora import CorporaMissing
+
+    try:
+        training = head_training_texts()
+    except CorporaMissing as exc:
+        return attacks, benign, [], (f"injection: near copies of training text not checked: {exc}",)
+    rows = [*attacks, *benign]
+    copies = set(near_copies([row["text"] for row in rows], training))
+    left_out = [str(rows[i].get("id", i)) for i in sorted(copies)]
+    note = (
+        f"injection: {len(left_out)} labelled rows left out, near copies of texts the trained "
+        f"head learned from ({', '.join(left_out) or 'none'})"
+    )
+    kept_attacks = [row for i, row in enumerate(attacks) if i not in copies]
+    kept_benign = [row for i, row in enumerate(benign, start=len(attacks)) if i not in copies]
+    return kept_attacks, kept_benign, left_out, (note,)
 
 
 def llama_guard_part(work: SharedWork, listed: ListedGuard) -> SuiteResult:

