@@ -7,10 +7,12 @@ folder never embeds, and spares importing torch and sentence-transformers and lo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import functools
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,24 @@ from rag.settings import Device, Precision
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
+
+
+# Whose requests a kept question vector may serve. A question already embedded comes back in
+# microseconds and stage timings reach API clients: kept across users, one user could tell
+# that another had asked it. The pipeline names the asker for the stages of its request.
+QUESTION_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "question_scope", default=None
+)
+
+
+@contextlib.contextmanager
+def questions_of(scope: str | None) -> Iterator[None]:
+    """Question vectors embedded inside (threads started inside too) are kept for `scope`."""
+    token = QUESTION_SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        QUESTION_SCOPE.reset(token)
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -49,7 +69,9 @@ class SentenceEmbedder:
         self._load_lock = threading.Lock()
         # Questions being embedded right now, so that a second caller of the same question
         # (the injection head beside retrieval, in one request) waits for the first.
-        self._embedding_now: dict[str, concurrent.futures.Future[np.ndarray]] = {}
+        self._embedding_now: dict[
+            tuple[str | None, str], concurrent.futures.Future[np.ndarray]
+        ] = {}
         self._embedding_now_lock = threading.Lock()
         # The store checks a collection against the embedder's dimension before anything is
         # embedded: read from the model's files where they say it plainly, so that check
@@ -178,16 +200,18 @@ class SentenceEmbedder:
         # cache need the same vector: the last few are kept rather than computed again. The
         # input guards run beside retrieval, so two threads can ask for the same question at
         # once: the one that asks second waits for the first rather than embedding it again.
+        # Both are kept per asker (QUESTION_SCOPE): never shared between users.
+        key = (QUESTION_SCOPE.get(), text)
         with self._embedding_now_lock:
-            pending = self._embedding_now.get(text)
+            pending = self._embedding_now.get(key)
             first = pending is None
             if first:
-                pending = self._embedding_now[text] = concurrent.futures.Future()
+                pending = self._embedding_now[key] = concurrent.futures.Future()
         assert pending is not None
         if not first:
             return pending.result()
         try:
-            vector = self._embed_query_cached(text)
+            vector = self._embed_query_cached(*key)
         except BaseException as exc:
             pending.set_exception(exc)
             raise
@@ -196,14 +220,20 @@ class SentenceEmbedder:
             return vector
         finally:
             with self._embedding_now_lock:
-                del self._embedding_now[text]
+                del self._embedding_now[key]
+
+    @property
+    def questions_embedded(self) -> int:
+        """Questions the model embedded so far (not served from kept vectors)."""
+        return self._embed_query_cached.cache_info().misses
 
     def forget_queries(self) -> None:
         """Drops the kept question vectors (benchmarks: the next question is embedded)."""
         self._embed_query_cached.cache_clear()
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one embedder per process, never freed
-    def _embed_query_cached(self, text: str) -> np.ndarray:
+    def _embed_query_cached(self, scope: str | None, text: str) -> np.ndarray:
+        del scope  # part of the cache's key only
         # bge-style models want the instruction on queries only, never on passages.
         vector: np.ndarray = self._model.encode(
             [self.query_instruction + text],

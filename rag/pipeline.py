@@ -19,7 +19,7 @@ from guardrails.pii import PresidioPII, PseudonymVault, StreamRestorer
 from guardrails.registry import PolicedGuard, PresidioGuard, Screening, find_guard, screen
 from guardrails.verdict import Guard, GuardContext, Verdict
 from rag.cache import AnswerCache, CachedAnswer, CacheKey, context_digest, normalise_question
-from rag.embedder import SentenceEmbedder
+from rag.embedder import SentenceEmbedder, questions_of
 from rag.generator import ModelUnavailable, PromptTooLong, TokenUsage
 from rag.multi import ChainStep, MergeStrategy, fan_out, merge, run_chain
 from rag.pool import ModelPool, PoolSaturated, Served
@@ -522,9 +522,12 @@ class _Run:
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         # Retrieval does not depend on the guards' verdicts, so it starts now; its results are
         # used only if the guards let the question through.
-        self.retrieval = asyncio.create_task(
-            asyncio.to_thread(self.p.retrieve, self.question, self.conversation.user)
-        )
+        with questions_of(self.conversation.user):
+            # The task takes the asker's scope with it (a task copies the context it is
+            # created in); the scope is reset before anything is yielded.
+            self.retrieval = asyncio.create_task(
+                asyncio.to_thread(self.p.retrieve, self.question, self.conversation.user)
+            )
         steps: tuple[Callable[[], AsyncGenerator[StreamEvent, None]], ...] = (
             self._screen_input,
             self._retrieve,
@@ -553,13 +556,14 @@ class _Run:
 
     async def _screen_input(self) -> AsyncGenerator[StreamEvent, None]:
         started = time.perf_counter()
-        screened = await self.p.screen_request(
-            self.question,
-            self.conversation.vault,
-            self.earlier,
-            self.options.chain,
-            history=() if self.earlier else self.conversation.turns,
-        )
+        with questions_of(self.conversation.user):  # no yield inside: reset in this task
+            screened = await self.p.screen_request(
+                self.question,
+                self.conversation.vault,
+                self.earlier,
+                self.options.chain,
+                history=() if self.earlier else self.conversation.turns,
+            )
         self.verdicts += screened.verdicts
         yield self._report("input_guards", "ran", _ms(started))
         blocking = screened.blocking
@@ -667,9 +671,10 @@ class _Run:
             self.conversation.user, self.model_question, self.route, self.used_hits, messages
         )
         if cache.semantic_threshold is not None:
-            self.question_vector = await asyncio.to_thread(
-                self.s.embedder.embed_query, self.model_question
-            )
+            with questions_of(self.conversation.user):
+                self.question_vector = await asyncio.to_thread(
+                    self.s.embedder.embed_query, self.model_question
+                )
         hit = cache.get(self.cache_key, self.question_vector)
         if hit is None:
             yield self._report("cache", "ran", _ms(started), "miss")

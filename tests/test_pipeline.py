@@ -70,6 +70,21 @@ async def test_name_and_email_never_reach_the_model(pipeline: Pipeline) -> None:
     assert not re.search(r"<[A-Z_]+_\d+>", answer.text), "placeholders must never reach the asker"
 
 
+async def test_a_kept_question_vector_serves_only_the_user_who_asked(pipeline: Pipeline) -> None:
+    # A kept vector comes back in microseconds and stage timings reach API clients: shared
+    # between users, one could tell from the timings that another had asked the question.
+    embedder = pipeline.stages.embedder
+    question = "Which office hosts the winter offsite this year?"
+    before = embedder.questions_embedded
+    await pipeline.ask(question, Conversation(user="ada"))
+    # Retrieval and the injection head needed it: embedded once for the two.
+    assert embedder.questions_embedded == before + 1
+    await pipeline.ask(question, Conversation(user="ada"))
+    assert embedder.questions_embedded == before + 1
+    await pipeline.ask(question, Conversation(user="grace"))
+    assert embedder.questions_embedded == before + 2
+
+
 async def test_the_asker_sees_their_own_name_restored_in_the_answer(pipeline: Pipeline) -> None:
     answer = await pipeline.ask("I am Ada Lovelace. Please reply with: Hello Ada Lovelace")
     assert "Ada Lovelace" not in "\n".join(m.content for m in answer.prompt)
