@@ -12,6 +12,7 @@ threshold, so what decided is visible.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -66,6 +67,12 @@ def rescaled(score: float, threshold: float) -> float:
 
 
 LayerScores = dict[str, tuple[float, tuple[str, ...]]]
+
+
+def _shown(score: float) -> str:
+    """Two decimals, four near 1 and at the flag point: the head's thresholds sit at 0.99+
+    (0.998 shown as 1.00 read as unreachable) and 0.4999 must not read as 0.50."""
+    return f"{score:.4f}" if score >= 0.99 or 0.49 <= score < 0.5 else f"{score:.2f}"
 
 
 class InjectionDetector:
@@ -148,7 +155,8 @@ class InjectionDetector:
             parts["models"] = sum(models) / len(models)
         top = max(parts.values())
         deciding = tuple(layer for layer, s in parts.items() if s >= FLAG_AT)
-        return round(top, 4), deciding
+        # Cut, not rounded: a score just under the flag point must not read as 0.5.
+        return math.floor(top * 10_000) / 10_000, deciding
 
     def check_sync(
         self, text: str, use: str = "question", vector: np.ndarray | None = None
@@ -163,10 +171,11 @@ class InjectionDetector:
         ms = (time.perf_counter() - started) * 1000
         fused, deciding = self.fuse(scores, use)
         summary = ", ".join(
-            f"{layer} {value[0]:.2f}/{self.threshold(layer, use):.2f}"
+            f"{layer} {_shown(value[0])}/{_shown(self.threshold(layer, use))}"
             for layer, value in scores.items()
         )
-        reason = f"fused {fused:.2f} ({use}): {summary}" + (f"; {self.notes}" if self.notes else "")
+        reason = f"fused {_shown(fused)} ({use}): {summary}"
+        reason += f"; {self.notes}" if self.notes else ""
         if not deciding:
             return clean(self.name, score=fused, reason=reason).timed(ms)
         over = [

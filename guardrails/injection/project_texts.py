@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from guardrails.injection.composed_texts import composed_attacks, composed_benign
 from guardrails.injection.corpora import LabelledText, Split, held_out_by_hash
 from guardrails.injection_exemplars import EXEMPLARS_DIR, load_bank
 
@@ -292,4 +293,19 @@ def project_texts(seed: int, root: Path = ROOT) -> list[LabelledText]:
         if split_documents and split_attacks:
             for text in planted_attacks(split_documents, split_attacks, rng, count):
                 out.append(LabelledText(text, True, "project:planted", split))
+    # Composed attacks and their benign twins, pasted content from each split's own documents
+    # (a held-out paragraph never reaches training inside a composed text).
+    composer = random.Random(f"composed-{seed}")
+    for held, split, scale in ((False, "train", 1), (True, "held_out", 4)):
+        carriers = [
+            p
+            for title, text in documents
+            if held_out_by_hash(title) == held
+            for p in paragraphs(text)
+            if 12 <= len(p.split()) <= 80
+        ]
+        for text in composed_attacks(composer, carriers, scale):
+            out.append(LabelledText(text, True, "project:composed", split))
+        for text in composed_benign(composer, carriers, scale):
+            out.append(LabelledText(text, False, "project:composed", split))
     return out
