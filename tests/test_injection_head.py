@@ -98,6 +98,35 @@ def test_the_red_teaming_wheels_add_jailbreaks_and_extraction_prompts_split_by_o
     )
 
 
+def test_composed_texts_have_benign_twins_and_keep_held_out_documents_out_of_training() -> None:
+    from guardrails.injection.corpora import held_out_by_hash
+    from guardrails.injection.project_texts import paragraphs, project_documents
+
+    rows = [r for r in project_texts(0) if r.source == "project:composed"]
+    for split in ("train", "held_out"):
+        labels = {r.attack for r in rows if r.split == split}
+        assert labels == {True, False}, split
+    # The twins share the framing and differ in whom they address: a policy update voids the
+    # assistant's rules on one side, last year's travel rules on the other.
+    for attack in (True, False):
+        assert any(r.text.startswith("POLICY UPDATE") for r in rows if r.attack is attack)
+    held_paragraphs = [
+        p
+        for title, text in project_documents()
+        if held_out_by_hash(title)
+        for p in paragraphs(text)
+        if len(p.split()) >= 12
+    ]
+    assert held_paragraphs
+    training = [r.text for r in rows if r.split == "train"]
+    assert not any(p in text for text in training for p in held_paragraphs)
+    # Seeded: the same seed composes the same texts, another seed others.
+    again = [r.text for r in project_texts(0) if r.source == "project:composed"]
+    assert again == [r.text for r in rows]
+    other = [r.text for r in project_texts(1) if r.source == "project:composed"]
+    assert other != again
+
+
 def same_networks(one: HeadWeights, other: HeadWeights) -> bool:
     return len(one.members) == len(other.members) and all(
         len(a) == len(b)

@@ -61,6 +61,9 @@ _DEFENSIVE = re.compile(
     r"wants?|writes?|requests?|instructs?|attempts?)\b[^.!?\n]{0,20}$"
     r"|\b(?:attempts?|tries|trying|tricks?|phrases?|payloads?|attacks?)\s+(?:to|such\s+as|like|"
     r"that\s+say)\b[^.!?\n]{0,30}$"
+    # A scenario described, not a request made: "being urged to reveal your core directives".
+    r"|\b(?:being|been|get|gets|getting)\s+(?:asked|urged|pressed|pressured|told|tricked|"
+    r"prompted|coaxed)\s+to\s+\S?$"
     # Writing about attackers: "attackers may hide instructions for AI tools in documents".
     r"|\b(?:attackers?|hackers?|scammers?|criminals?|adversar(?:y|ies)|phishers?)\b[^.!?\n]{0,40}$"
     r"|\b(?:such\s+as|e\.g\.|for\s+example|like|being\s+asked|(?:are|is|get)\s+asked)\s*:?\s*"
@@ -161,6 +164,10 @@ RULES: tuple[Rule, ...] = (
         r"|\[\s*(?:dev(?:eloper)?|god|admin|sudo|system)\s*(?:prompt|mode)\s*\]"
         r"|\b(?:i\s*'?m|i\s+am|we\s+are|you\s+are|you're)\s+(?:now\s+)?(?:entering|in|switching\s+to|"
         r"activating)\s+(?:an?\s+|the\s+)?['\"]?[\w -]{0,30}\bmode\b"
+        # An assistant turn forged to say it changed: "I have switched to maintenance mode".
+        r"|\b(?:i\s+have|i've)\s+(?:now\s+)?(?:switched\s+to|entered|activated|enabled)\s+(?:an?\s+|"
+        r"the\s+)?(?:maintenance|developer|dev|debug|admin|god|sudo|unrestricted|unfiltered|"
+        r"jailbreak|diagnostic|override|root|test)\s+mode\b"
         r"|\b(?:god|sudo|jailbreak|dan|unrestricted|unfiltered)\s+mode\b",
     ),
     _rule(
@@ -436,7 +443,8 @@ GENERIC_RULES: tuple[Rule, ...] = (
         r"\b(?:reveal|print|show|display|output|repeat|recite|quote|paste|copy|dump|leak|list|"
         r"summari[sz]e|translate|encode|convert|spell|describe|tell\s+me|give\s+me|share|"
         r"write\s+(?:out|down)|rewrite|echo|what\s+(?:is|are|were|does))\b[^.?!\n]{0,50}?\byour\s+"
-        r"(?:(?:full|exact|complete|entire|hidden|secret|initial|original|starting|system|setup|"
+        r"(?:(?:full|exact|complete|entire|hidden|secret|initial|original|starting|startup|"
+        r"start-up|boot|core|underlying|operating|governing|system|setup|"
         r"internal|confidential|developer|first|verbatim|own)\s+){0,2}(?:instructions|prompt|"
         r"system\s+message|configuration|config|initiali[sz]ation(?:\s+text)?|setup(?:\s+text)?|"
         r"context\s+window|developer\s+message|pre-?prompt|rules|guidelines|directives)\b",
