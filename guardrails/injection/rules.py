@@ -102,6 +102,47 @@ _STYLE_ONLY = re.compile(
     rf"(?:\W+{_FROM_NOW_ON})?\W*(?:please)?\W*$",
     re.IGNORECASE,
 )
+# An ordinary request about the answer's form that names "your answer": a language, a layout,
+# a length, the references to include, what to start with ("Format your answer as a table",
+# "Include the page numbers in your answer", "Start your answer with the number, then explain
+# it"). Users ask for these; a document that asks for them, or for anything odder (Base64,
+# emojis, a fabricated figure, a link), is still read as steering.
+_LANGUAGES = (
+    r"(?:english|french|german|spanish|italian|portuguese|dutch|polish|swedish|danish|norwegian|"
+    r"finnish|czech|greek|turkish|russian|ukrainian|arabic|hebrew|hindi|chinese|japanese|korean|"
+    r"vietnamese|indonesian|thai|romanian|hungarian|catalan|plain\s+(?:english|language))"
+)
+_LAYOUTS = (
+    r"(?:(?:a\s+|an\s+)?(?:short\s+|brief\s+|numbered\s+|bulleted\s+)?(?:table|tables|list|"
+    r"bullet\s+points|bullets|markdown|json|csv|plain\s+text|paragraph|paragraphs|sentence|"
+    r"sentences|summary|email|e-mail|memo)|(?:under|within|at\s+most|about|fewer\s+than)\s+\d+\s+"
+    r"(?:words|sentences|lines|bullet\s+points)|(?:short|brief|concise)(?:\s+form)?)"
+)
+_REFERENCES = (
+    r"(?:page\s+numbers|sources|section\s+numbers|citations|references|dates|deadlines|"
+    r"document\s+names|file\s+names|titles|figures|amounts|numbers|names\s+of\s+the\s+documents|"
+    r"relevant\s+(?:sections|passages|quotes))"
+)
+_OPENERS = (
+    r"(?:number|figure|total|summary|date|deadline|name|conclusion|answer|amount|"
+    r"key\s+points?|short\s+answer|one-line\s+summary|yes\s+or\s+no)"
+)
+_YOUR_ANSWER = (
+    r"your\s+(?:(?:whole|entire|final)\s+)?(?:answer|response|reply|answers|responses|replies)"
+)
+_ORDINARY_FORMAT = re.compile(
+    r"(?:please\W+)?(?:(?:could|can|would)\s+you\s+)?(?:please\s+)?(?:"
+    rf"(?:write|give|format|provide|present|put|keep|structure|make|translate|render|deliver|"
+    rf"express)\s+{_YOUR_ANSWER}(?:\s+(?:please|only|too|also))?\s+(?:in|as|into|to|under|within|"
+    rf"at\s+most)\s+(?:a\s+|an\s+|the\s+)?(?:{_LANGUAGES}|{_LAYOUTS})"
+    rf"|(?:include|cite|add|list|mention|give|show|keep)\s+(?:the\s+|all\s+|any\s+)?"
+    rf"(?:relevant\s+)?{_REFERENCES}\s+in\s+{_YOUR_ANSWER}"
+    rf"|(?:start|begin|end|finish|conclude)\s+{_YOUR_ANSWER}\s+with\s+(?:the|a|an)\s+"
+    rf"(?:\w+\s+)?{_OPENERS})"
+    r"(?:\s*,?\s*(?:please|then\s+(?:explain|summari[sz]e|answer|list|describe|give|tell\s+me)"
+    r"\b[^\"'“”‘’<>:/]*))?\W*$",
+    re.IGNORECASE,
+)
 
 
 _PRIOR = (
@@ -264,6 +305,7 @@ RULES: tuple[Rule, ...] = (
         r"\s+(?:each\s+of\s+)?your\s+(?:(?:whole|entire|next|final)\s+)?(?:response|reply|answer|"
         r"output|responses|replies|answers|outputs)\b",
         negatable=True,
+        unless=_ORDINARY_FORMAT,
     ),
     _rule(
         "response_manipulation",
@@ -275,6 +317,7 @@ RULES: tuple[Rule, ...] = (
         r"\s+(?:\w+\s+){0,2}?your\s+(?:(?:whole|entire|next|final)\s+)?(?:response|reply|answer|"
         r"output|responses|replies|answers|outputs)\b",
         negatable=True,
+        unless=_ORDINARY_FORMAT,
     ),
     _rule(
         "response_manipulation",
