@@ -629,7 +629,13 @@ GENERIC_RULES: tuple[Rule, ...] = (
         rf"bot|chatbot|agent|summari[sz]er)\s+(?:bot\s+)?(?:is\s+)?(?:reading|reads|processing|"
         rf"processes|summari[sz]ing|summari[sz]es|parsing|parses)\b"
         rf"|\b(?:any|every|all|whatever)\s+(?:[\w-]+\s+)?(?:{_AI}|summari[sz]er|reader)s?\b.{{0,40}}?"
-        rf"\b(?:must|shall|should|is\s+required\s+to|are\s+required\s+to)\b",
+        rf"\b(?:must|shall|should|is\s+required\s+to|are\s+required\s+to)\b"
+        # Asked in the passive to reach a verdict: "automated summarisers are asked to conclude
+        # that Acme is the clear winner".
+        rf"|\b(?:ai|assistants?|chatbots?|llms?|language\s+models?|summari[sz]ers?|automated\s+"
+        rf"\w+)\s+(?:are|is)\s+(?:\w+\s+)?(?:asked|requested|instructed|expected|required|told|"
+        rf"encouraged|invited)\s+to\s+(?:conclude|recommend|rate|rank|favou?r|prefer|portray|omit|"
+        rf"(?:report|state|say|answer)\s+that)\b",
     ),
     _rule(
         "response_manipulation",
