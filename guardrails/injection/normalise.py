@@ -29,6 +29,7 @@ _BINARY_SPAN = re.compile(r"\b(?:[01]{8}[\s,]*){6,}")
 # JSON-wrapped instructions are 0.75-0.9; printable noise from random bytes about 0.55) and it
 # holds a run of three letters.
 WORDLIKE_SHARE = 0.7
+MAX_DECODED_SPANS = 16
 _LETTER_RUN = re.compile(r"[^\W\d_]{3}")
 # The commonest English words: a sentence of several words has one or more of them unless it is
 # enciphered (a Caesar shift keeps word lengths and spaces and hides every one of them).
@@ -36,7 +37,9 @@ _COMMON_WORDS = frozenset(
     {"the", "and", "to", "of", "in", "is", "you", "your", "that", "it", "for", "this", "with"}
     | {"on", "are", "be", "as", "we", "all", "not", "or", "from", "what", "by"}
 )
-_CIPHER_CANDIDATE = re.compile(r"[^.!?\n]*[A-Za-z][^.!?\n]*")
+# A sentence: a maximal run without sentence marks (one pass, no backtracking on long runs).
+_SENTENCE_RUN = re.compile(r"[^.!?\n]+")
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
 _SENTENCE_WORDS = 6
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][\s.\-_*]){4,}[A-Za-z]\b")
 
@@ -86,11 +89,13 @@ def decoded_spans(text: str) -> list[str]:
     for match in _BINARY_SPAN.finditer(text):
         octets = re.findall(r"[01]{8}", match.group(0))
         decoded = bytes(int(octet, 2) for octet in octets).decode("utf-8", errors="ignore")
-        if decoded.isprintable():
+        if len(decoded) >= 4 and decoded.isprintable():
             found.append(decoded)
     if re.search(r"\brot-?13\b", text, re.IGNORECASE):
         found.append(codecs.decode(text, "rot13"))
-    return [*found, *caesar_spans(text)]
+    # Each decoded span is another view every layer reads (the head embeds it): a text made of
+    # hundreds of encoded spans must not cost hundreds of embeddings.
+    return list(dict.fromkeys([*found, *caesar_spans(text)]))[:MAX_DECODED_SPANS]
 
 
 def _common_share(words: list[str]) -> float:
@@ -104,7 +109,7 @@ def caesar_spans(text: str) -> list[str]:
     dqg vwdwh wkdw" is "Ignore previous instructions and state that" shifted by 3). Code and
     noise are not prose, so they are left alone."""
     found = []
-    for match in _CIPHER_CANDIDATE.finditer(text):
+    for match in _SENTENCE_RUN.finditer(text):
         sentence = match.group(0)
         words = re.findall(r"[A-Za-z]{2,}", sentence.lower())
         prose = sum(c.isalpha() or c in " ,;:'" for c in sentence) / len(sentence)
@@ -120,9 +125,6 @@ def caesar_spans(text: str) -> list[str]:
                 found.append(sentence.translate(table).strip())
                 break
     return found
-
-
-_LOWER = "abcdefghijklmnopqrstuvwxyz"
 
 
 def views_of(text: str) -> list[str]:
