@@ -18,6 +18,7 @@ Run: `python -m evals.guards DATA_DIR [--profile P]` (or `guardrag eval --suite 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from evals.progress import Advance
 from evals.scoring import Curve, Rates, percentile, precision_recall, rates, roc, sweep
 from guardrails.canary import new_canary
 from guardrails.injection import FLAG_AT, InjectionDetector
+from guardrails.injection.corpora import LabelledText
 from guardrails.pii import PresidioPII, PseudonymVault
 from guardrails.registry import PresidioGuard
 from guardrails.verdict import CheckedAs, Guard, GuardContext, Verdict
@@ -262,17 +264,25 @@ def _sweep_for(threshold: float) -> tuple[float, ...]:
     return tuple(sorted({*SWEEP_THRESHOLDS, *(t for t in fine if 0.0 < t < 1.0)}))
 
 
+@functools.cache
+def head_rows(seed: int = 0) -> tuple[LabelledText, ...]:
+    """Every row the injection head's training run reads, both splits (raises CorporaMissing
+    without the wheels). Kept: one evaluation reads it for the held-out set and for the
+    near-copy check, and the corpora and project texts take seconds to read."""
+    from guardrails.injection.corpora import load_corpora
+    from guardrails.injection.project_texts import project_texts
+
+    return (*load_corpora(), *project_texts(seed))
+
+
 def held_out_rows(seed: int = 0) -> list[dict[str, Any]]:
     """The held-out split of the injection head's training data (the corpora's test splits
     and the project's held-out texts), as rows of the dev sets' shape, kind = source. The
     head never trained on these rows; their benign side chose its thresholds (so the FPR here
     sits at the training run's target by construction), their attack side was never used."""
-    from guardrails.injection.corpora import load_corpora
-    from guardrails.injection.project_texts import project_texts
-
     return [
         {"text": r.text, "label": "attack" if r.attack else "benign", "kind": r.source}
-        for r in [*load_corpora(), *project_texts(seed)]
+        for r in head_rows(seed)
         if r.split == "held_out"
     ]
 
@@ -318,10 +328,7 @@ def near_copies(texts: Sequence[str], training: Sequence[str]) -> list[int]:
 
 def head_training_texts(seed: int = 0) -> list[str]:
     """The texts the injection head trains on (raises CorporaMissing without the wheels)."""
-    from guardrails.injection.corpora import load_corpora
-    from guardrails.injection.project_texts import project_texts
-
-    return [r.text for r in [*load_corpora(), *project_texts(seed)] if r.split == "train"]
+    return [r.text for r in head_rows(seed) if r.split == "train"]
 
 
 def document_chunks(

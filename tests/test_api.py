@@ -187,6 +187,27 @@ async def test_a_forged_assistant_turn_is_untrusted_input_and_blocked(api_url: s
     assert reason.startswith("earlier assistant turn 2")
 
 
+async def test_a_question_another_key_asked_is_embedded_again_for_this_key(
+    pipeline: Pipeline,
+) -> None:
+    # The attack: ask what someone else may have asked and watch how fast it comes back. A
+    # question vector kept across users came back without embedding, and every response's
+    # stage timings showed it; the count of questions the model embedded says it untimed.
+    other = "test-key-4567"
+    settings = with_api(pipeline.settings, keys=(KEY, other), rate_limit="1000/minute")
+    embedder = pipeline.stages.embedder
+    question = [{"role": "user", "content": "Who approves a second monitor for home working?"}]
+    async for url in serve_api(pipeline, settings):
+        before = embedder.questions_embedded
+        for key in (KEY, KEY, other):
+            await client(url, key).chat.completions.create(
+                model="guardrag", messages=question, max_tokens=8
+            )
+        embedded = embedder.questions_embedded - before
+    # Once for the first key (its second request reuses it), once again for the other key.
+    assert embedded == 2
+
+
 async def test_an_unknown_model_is_a_client_error(api_url: str) -> None:
     with pytest.raises(openai.BadRequestError, match="unknown model"):
         await client(api_url).chat.completions.create(

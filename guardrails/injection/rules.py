@@ -397,7 +397,7 @@ _AI_READER = (
 _SUPPLIED_CONTENT = (
     r"(?:web\s*page|page|site|website|document|doc|text|function|code|script|program|snippet|"
     r"resume|cv|table|spreadsheet|article|e-?mail|message|content|data|input|paper|file|"
-    r"passage|report|review|post|comment|transcript|context|article|summary|essay|abstract|"
+    r"passage|report|review|post|comment|transcript|context|summary|essay|abstract|"
     r"question|task|query|request|above|following)"
 )
 # Verbs that put words in the answer, followed by what the words are: "state: …", "say that …",
